@@ -1,0 +1,178 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/klock-io/klock/klock"
+)
+
+// Environment variables klock reads.
+const (
+	EnvNamespace = "KLOCK_NAMESPACE"
+	EnvIdentity  = "KLOCK_IDENTITY"
+)
+
+// Environment variables klock sets for the command.
+const (
+	EnvLease          = "KLOCK_LEASE"
+	EnvLeaseNamespace = "KLOCK_LEASE_NAMESPACE"
+	EnvHolderIdentity = "KLOCK_HOLDER_IDENTITY"
+	EnvFencingToken   = "KLOCK_FENCING_TOKEN"
+)
+
+// serviceAccountNamespaceFile is where a pod finds its own namespace.
+var serviceAccountNamespaceFile = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+// Options holds everything the command line says. Flags bind into it; Run
+// takes it.
+type Options struct {
+	Lease            string
+	Namespace        string
+	Identity         string
+	GenerateIdentity bool
+	Kubeconfig       string
+	Labels           map[string]string
+
+	Wait             time.Duration // 0: wait as long as it takes
+	NonBlock         bool
+	ConflictExitCode uint8
+
+	LeaseDuration time.Duration
+	RenewDeadline time.Duration
+	RetryPeriod   time.Duration
+	Cleanup       bool
+
+	Signal    syscall.Signal
+	KillAfter time.Duration
+
+	Debug   bool
+	Version bool
+	Help    bool
+
+	// Command is the argv to run, verbatim.
+	Command []string
+}
+
+// NewOptions returns the defaults.
+func NewOptions() *Options {
+	return &Options{
+		Lease:            "klock",
+		ConflictExitCode: 1,
+		LeaseDuration:    klock.DefaultLeaseDuration,
+		RenewDeadline:    klock.DefaultRenewDeadline,
+		RetryPeriod:      klock.DefaultRetryPeriod,
+		Signal:           syscall.SIGTERM,
+	}
+}
+
+// AddFlags binds the flags into o. Names and short forms follow the klock
+// tool this one replaces; --unlock, --verbose and --timeout are aliases.
+func (o *Options) AddFlags(fs *pflag.FlagSet) {
+	fs.StringVarP(&o.Lease, "lease", "l", o.Lease, "Name of the Lease to hold while the command runs.")
+	fs.StringVarP(&o.Namespace, "namespace", "n", o.Namespace, "Namespace of the Lease. Default: $"+EnvNamespace+", else the pod's own namespace, else the kubeconfig context's, else \"default\".")
+	fs.StringVarP(&o.Identity, "identity", "i", o.Identity, "Holder identity. Default: $"+EnvIdentity+", else one unique to this process.\nProcesses given the same identity share the lock (re-entrant).")
+	fs.BoolVarP(&o.GenerateIdentity, "generate-identity", "g", o.GenerateIdentity, "Use an identity unique to this process even if $"+EnvIdentity+" is set.")
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "Path to a kubeconfig. Default: $KUBECONFIG, else ~/.kube/config, else the pod's service account.")
+	fs.Var(labelsValue{&o.Labels}, "labels", "Labels to put on the Lease, as key=value,key2=value2. app.kubernetes.io/managed-by=klock is always set on creation.")
+
+	fs.VarP(durationValue{&o.Wait}, "wait", "w", "Give up when the lock is not acquired within this long (exit with --conflict-exit-code). 0 waits as long as it takes.")
+	fs.Var(durationValue{&o.Wait}, "timeout", "Same as --wait.")
+	fs.BoolVar(&o.NonBlock, "nonblock", o.NonBlock, "Give up at once if the lock is held (exit with --conflict-exit-code).")
+	fs.Uint8VarP(&o.ConflictExitCode, "conflict-exit-code", "E", o.ConflictExitCode, "Exit status when the lock was not acquired (--wait elapsed, or --nonblock).")
+
+	fs.Var(durationValue{&o.LeaseDuration}, "lease-duration", "How long others wait for a silent holder before they take the lock over (whole seconds).")
+	fs.Var(durationValue{&o.RenewDeadline}, "renew-deadline", "How long the holder keeps trying to renew before it gives the lock up as lost and stops the command.")
+	fs.Var(durationValue{&o.RetryPeriod}, "retry-period", "Interval between renewals, and between retries after API errors.")
+	fs.BoolVarP(&o.Cleanup, "cleanup-lease", "u", o.Cleanup, "Delete the Lease when done, instead of only releasing it.")
+	fs.BoolVar(&o.Cleanup, "unlock", o.Cleanup, "Same as --cleanup-lease.")
+
+	fs.VarP(signalValue{&o.Signal}, "signal", "s", "Signal sent to the command when the lock is lost (name or number).")
+	fs.VarP(durationValue{&o.KillAfter}, "kill-after", "k", "Also send KILL if the command still runs this long after --signal. 0 never sends it.")
+
+	fs.BoolVar(&o.Debug, "debug", o.Debug, "Log what klock does to stderr.")
+	fs.BoolVar(&o.Debug, "verbose", o.Debug, "Same as --debug.")
+	fs.BoolVarP(&o.Version, "version", "V", o.Version, "Print the version and exit.")
+	fs.BoolVarP(&o.Help, "help", "h", o.Help, "Print this help and exit.")
+}
+
+// Validate checks what parsing alone cannot. Lease settings are checked by
+// the klock package, with the same kind of message.
+func (o *Options) Validate() error {
+	if len(o.Command) == 0 {
+		return errors.New("no command given: put the command after --, as in klock -l nightly -- ./backup.sh")
+	}
+	if o.GenerateIdentity && o.Identity != "" {
+		return fmt.Errorf("--identity %q and --generate-identity contradict each other: give one of them", o.Identity)
+	}
+	if o.NonBlock && o.Wait > 0 {
+		return fmt.Errorf("--nonblock and --wait %s contradict each other: give one of them", o.Wait)
+	}
+	return nil
+}
+
+// lockConfig resolves identity and namespace: flags first, then the
+// environment, then where klock runs.
+func (o *Options) lockConfig(getenv func(string) string, kubeconfig clientcmd.ClientConfig) klock.Config {
+	cfg := klock.Config{
+		Name:            o.Lease,
+		Namespace:       o.Namespace,
+		Identity:        o.Identity,
+		LeaseDuration:   o.LeaseDuration,
+		RenewDeadline:   o.RenewDeadline,
+		RetryPeriod:     o.RetryPeriod,
+		Labels:          o.Labels,
+		DeleteOnRelease: o.Cleanup,
+	}
+	if cfg.Identity == "" && !o.GenerateIdentity {
+		cfg.Identity = getenv(EnvIdentity)
+	}
+	if cfg.Identity == "" {
+		cfg.Identity = klock.DefaultIdentity()
+	}
+	if cfg.Namespace == "" {
+		cfg.Namespace = getenv(EnvNamespace)
+	}
+	if cfg.Namespace == "" {
+		if b, err := os.ReadFile(serviceAccountNamespaceFile); err == nil {
+			cfg.Namespace = strings.TrimSpace(string(b))
+		}
+	}
+	if cfg.Namespace == "" {
+		// The kubeconfig context's namespace, or "default".
+		if ns, _, err := kubeconfig.Namespace(); err == nil {
+			cfg.Namespace = ns
+		}
+	}
+	return cfg
+}
+
+// kubeconfig loads --kubeconfig, else $KUBECONFIG, else ~/.kube/config, else
+// the in-cluster service account, as kubectl does.
+func (o *Options) kubeconfig() clientcmd.ClientConfig {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = o.Kubeconfig
+	return clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{})
+}
+
+func restConfig(kubeconfig clientcmd.ClientConfig) (*rest.Config, error) {
+	rc, err := kubeconfig.ClientConfig()
+	if clientcmd.IsEmptyConfig(err) {
+		return nil, errors.New("no cluster to talk to: pass --kubeconfig, set KUBECONFIG, create ~/.kube/config, or run in a pod with a service account")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cannot load the kubeconfig: %w", err)
+	}
+	// A lock is a handful of small requests; client-side throttling would
+	// only add latency to a handoff.
+	rc.QPS, rc.Burst = 100, 200
+	return rc, nil
+}

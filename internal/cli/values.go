@@ -1,0 +1,114 @@
+package cli
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// durationValue is a flag.Value for a duration written the way Go writes
+// them (1m30s) or as a number of seconds (90, 1.5), as flock(1) takes them.
+type durationValue struct{ d *time.Duration }
+
+func (v durationValue) String() string { return v.d.String() }
+func (v durationValue) Type() string   { return "duration" }
+
+func (v durationValue) Set(s string) error {
+	d, err := parseDuration(s)
+	if err != nil {
+		return err
+	}
+	*v.d = d
+	return nil
+}
+
+func parseDuration(s string) (time.Duration, error) {
+	if secs, err := strconv.ParseFloat(s, 64); err == nil {
+		if secs < 0 || secs > float64(1<<62)/float64(time.Second) {
+			return 0, fmt.Errorf("%q is out of range: give a duration such as 30s, 5m or 1h30m, or a number of seconds", s)
+		}
+		return time.Duration(secs * float64(time.Second)), nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 {
+		return 0, fmt.Errorf("%q is not a duration: give one such as 30s, 5m or 1h30m, or a number of seconds", s)
+	}
+	return d, nil
+}
+
+// signals maps the names klock accepts (without the SIG prefix) to signals.
+var signals = map[string]syscall.Signal{
+	"HUP": syscall.SIGHUP, "INT": syscall.SIGINT, "QUIT": syscall.SIGQUIT,
+	"KILL": syscall.SIGKILL, "USR1": syscall.SIGUSR1, "USR2": syscall.SIGUSR2,
+	"TERM": syscall.SIGTERM, "ALRM": syscall.SIGALRM, "PIPE": syscall.SIGPIPE,
+	"CONT": syscall.SIGCONT, "STOP": syscall.SIGSTOP, "TSTP": syscall.SIGTSTP,
+	"WINCH": syscall.SIGWINCH, "ABRT": syscall.SIGABRT,
+}
+
+// signalValue is a flag.Value for a signal given by name (TERM, SIGTERM,
+// term) or number (15).
+type signalValue struct{ s *syscall.Signal }
+
+func (v signalValue) Type() string { return "signal" }
+
+func (v signalValue) String() string {
+	for name, s := range signals {
+		if s == *v.s {
+			return name
+		}
+	}
+	return strconv.Itoa(int(*v.s))
+}
+
+func (v signalValue) Set(s string) error {
+	sig, err := parseSignal(s)
+	if err != nil {
+		return err
+	}
+	*v.s = sig
+	return nil
+}
+
+func parseSignal(s string) (syscall.Signal, error) {
+	if n, err := strconv.Atoi(s); err == nil {
+		if n < 1 || n > 64 {
+			return 0, fmt.Errorf("signal number %d is out of range: give 1 to 64 or a name such as TERM", n)
+		}
+		return syscall.Signal(n), nil
+	}
+	if sig, ok := signals[strings.TrimPrefix(strings.ToUpper(s), "SIG")]; ok {
+		return sig, nil
+	}
+	return 0, fmt.Errorf("unknown signal %q: give a number or one of %s", s, strings.Join(slices.Sorted(maps.Keys(signals)), ", "))
+}
+
+// labelsValue is a flag.Value for k=v,k2=v2; repeating the flag adds labels.
+type labelsValue struct{ m *map[string]string }
+
+func (v labelsValue) Type() string { return "k=v,..." }
+
+func (v labelsValue) String() string {
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(*v.m)) {
+		parts = append(parts, k+"="+(*v.m)[k])
+	}
+	return strings.Join(parts, ",")
+}
+
+func (v labelsValue) Set(s string) error {
+	if *v.m == nil {
+		*v.m = map[string]string{}
+	}
+	for pair := range strings.SplitSeq(s, ",") {
+		k, val, ok := strings.Cut(pair, "=")
+		if !ok || k == "" {
+			return fmt.Errorf("label %q is not key=value: give labels as key=value,key2=value2", pair)
+		}
+		(*v.m)[k] = val
+	}
+	return nil
+}

@@ -1,0 +1,137 @@
+package klock
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/go-logr/logr"
+	"k8s.io/apimachinery/pkg/util/validation"
+)
+
+const (
+	// ManagedByLabel and ManagedByValue mark every Lease that klock creates.
+	ManagedByLabel = "app.kubernetes.io/managed-by"
+	ManagedByValue = "klock"
+
+	// The defaults are client-go leader election's, so that a klock holder
+	// and a client-go contender agree on how long a silent holder is trusted.
+	DefaultLeaseDuration = 15 * time.Second
+	DefaultRenewDeadline = 10 * time.Second
+	DefaultRetryPeriod   = 2 * time.Second
+
+	// resyncPeriod is how long a waiter trusts a watch that delivers nothing
+	// before it reads the Lease again. A live holder renews every few
+	// seconds, so a healthy watch is never silent that long.
+	resyncPeriod = time.Minute
+)
+
+// Config describes one contender for one Lease. The zero value of every
+// optional field means its documented default.
+type Config struct {
+	// Name and Namespace of the Lease. Name is required; Namespace defaults
+	// to "default".
+	Name      string
+	Namespace string
+
+	// Identity is written to spec.holderIdentity. Two contenders with the
+	// same identity share the Lease (re-entrant), so it must be unique per
+	// contender unless sharing is meant. Defaults to DefaultIdentity().
+	Identity string
+
+	// LeaseDuration is how long others wait after they last saw the record
+	// change before they take the Lease over (whole seconds, at least 1s).
+	LeaseDuration time.Duration
+	// RenewDeadline is how long a holder keeps trying to renew before it
+	// gives the Lease up as lost. It must be shorter than LeaseDuration, so
+	// that the loss is reported before anybody else can take the Lease.
+	RenewDeadline time.Duration
+	// RetryPeriod is the interval between renewals, and between retries
+	// after an API error.
+	RetryPeriod time.Duration
+
+	// Labels are put on the Lease when it is created or acquired, next to
+	// app.kubernetes.io/managed-by=klock, which is always set on creation.
+	Labels map[string]string
+
+	// DisableCreate makes acquisition fail when the Lease does not exist,
+	// instead of creating it.
+	DisableCreate bool
+	// DeleteOnRelease deletes the Lease on release instead of clearing its
+	// holder. The delete is guarded by UID and resourceVersion
+	// preconditions, so a Lease somebody else took meanwhile is left alone.
+	DeleteOnRelease bool
+
+	// Logger receives debug messages; discarded when unset.
+	Logger logr.Logger
+}
+
+// DefaultIdentity returns an identity unique to this process: the host name
+// (the pod name inside a pod), the process ID and a random suffix, so that a
+// restarted process with a recycled PID is still someone else.
+func DefaultIdentity() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "unknown"
+	}
+	var b [4]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on Linux
+	return fmt.Sprintf("%s_%d_%s", host, os.Getpid(), hex.EncodeToString(b[:]))
+}
+
+// complete fills in defaults and validates the result. Every error names the
+// setting, the value and what is accepted.
+func (c Config) complete() (Config, error) {
+	if c.Namespace == "" {
+		c.Namespace = "default"
+	}
+	if c.Identity == "" {
+		c.Identity = DefaultIdentity()
+	}
+	if c.LeaseDuration == 0 {
+		c.LeaseDuration = DefaultLeaseDuration
+	}
+	if c.RenewDeadline == 0 {
+		c.RenewDeadline = DefaultRenewDeadline
+	}
+	if c.RetryPeriod == 0 {
+		c.RetryPeriod = DefaultRetryPeriod
+	}
+	if c.Logger.GetSink() == nil {
+		c.Logger = logr.Discard()
+	}
+
+	if c.Name == "" {
+		return c, fmt.Errorf("lease name is empty: give the name of the Lease to lock")
+	}
+	if errs := validation.IsDNS1123Subdomain(c.Name); len(errs) > 0 {
+		return c, fmt.Errorf("invalid lease name %q: %s", c.Name, strings.Join(errs, "; "))
+	}
+	if errs := validation.IsDNS1123Label(c.Namespace); len(errs) > 0 {
+		return c, fmt.Errorf("invalid namespace %q: %s", c.Namespace, strings.Join(errs, "; "))
+	}
+	if c.LeaseDuration < time.Second || c.LeaseDuration%time.Second != 0 {
+		return c, fmt.Errorf("invalid lease duration %s: must be a whole number of seconds, at least 1s (Lease stores whole seconds)", c.LeaseDuration)
+	}
+	if c.RenewDeadline <= 0 || c.RenewDeadline >= c.LeaseDuration {
+		return c, fmt.Errorf("invalid renew deadline %s: must be above 0 and below the lease duration %s, so that a holder notices the loss before the lease can expire", c.RenewDeadline, c.LeaseDuration)
+	}
+	if c.RetryPeriod <= 0 || c.RetryPeriod >= c.RenewDeadline {
+		return c, fmt.Errorf("invalid retry period %s: must be above 0 and below the renew deadline %s, so that a holder tries to renew more than once", c.RetryPeriod, c.RenewDeadline)
+	}
+	for k, v := range c.Labels {
+		if k == ManagedByLabel {
+			return c, fmt.Errorf("invalid label %s=%s: the key %s is reserved for klock", k, v, ManagedByLabel)
+		}
+		if errs := validation.IsQualifiedName(k); len(errs) > 0 {
+			return c, fmt.Errorf("invalid label key %q: %s", k, strings.Join(errs, "; "))
+		}
+		if errs := validation.IsValidLabelValue(v); len(errs) > 0 {
+			return c, fmt.Errorf("invalid value %q for label %s: %s", v, k, strings.Join(errs, "; "))
+		}
+	}
+	return c, nil
+}

@@ -1,0 +1,61 @@
+package klock
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+)
+
+var (
+	// ErrHeld is matched (errors.Is) by the error of an acquisition that
+	// found the Lease held by somebody else.
+	ErrHeld = errors.New("lease is held by another holder")
+	// ErrLost is matched by Hold.Err once the Lease could not be renewed in
+	// time or was taken by somebody else.
+	ErrLost = errors.New("lease lost")
+)
+
+// HeldError reports that the Lease was held by another holder when an
+// acquisition gave up.
+type HeldError struct {
+	Namespace, Name string
+	Holder          string
+	// Until is when the Lease expires unless the holder renews it or gives it up.
+	Until time.Time
+	// Cause is why a blocking acquisition stopped waiting (context error).
+	Cause error
+}
+
+func (e *HeldError) Error() string {
+	msg := fmt.Sprintf("lease %s/%s is held by %q", e.Namespace, e.Name, e.Holder)
+	if e.Cause != nil {
+		msg += ": " + e.Cause.Error()
+	}
+	return msg
+}
+
+func (e *HeldError) Is(target error) bool { return target == ErrHeld }
+func (e *HeldError) Unwrap() error        { return e.Cause }
+
+// permanent tells API errors that retrying cannot fix (no permission, no
+// namespace, a request the server rejects) from passing ones.
+func permanent(err error) bool {
+	return apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err) ||
+		apierrors.IsNotFound(err) || apierrors.IsBadRequest(err) ||
+		apierrors.IsInvalid(err) || apierrors.IsMethodNotSupported(err)
+}
+
+// describe turns an API error into a sentence that says what to do.
+func describe(err error, c *Config, verb string) error {
+	switch {
+	case apierrors.IsForbidden(err):
+		return fmt.Errorf("not allowed to %s lease %s/%s: grant get, create, update and watch (and delete for cleanup) on leases.coordination.k8s.io in namespace %s: %w", verb, c.Namespace, c.Name, c.Namespace, err)
+	case apierrors.IsUnauthorized(err):
+		return fmt.Errorf("the API server rejected the credentials: check the kubeconfig or service account token: %w", err)
+	case apierrors.IsNotFound(err) && verb == "create":
+		return fmt.Errorf("cannot create lease %s/%s: %w (does the namespace exist?)", c.Namespace, c.Name, err)
+	}
+	return fmt.Errorf("cannot %s lease %s/%s: %w", verb, c.Namespace, c.Name, err)
+}

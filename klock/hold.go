@@ -1,0 +1,235 @@
+package klock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// Hold is one acquisition of a Lease. It renews the Lease in the background
+// until Release, or until it cannot renew before the renew deadline, which it
+// reports by closing Lost.
+type Hold struct {
+	lock      *Lock
+	token     uint64
+	reentrant bool
+
+	mu    sync.Mutex
+	lease *coordinationv1.Lease // as last written by this Hold
+
+	lost   chan struct{}
+	err    error // why the Lease was lost; set before lost is closed
+	cancel context.CancelFunc
+	done   chan struct{} // closed when the renew loop has returned
+
+	releaseOnce sync.Once
+	releaseErr  error
+}
+
+func newHold(l *Lock, lease *coordinationv1.Lease, token uint64, reentrant bool, sent time.Time) *Hold {
+	ctx, cancel := context.WithCancel(context.Background())
+	h := &Hold{
+		lock: l, token: token, reentrant: reentrant, lease: lease,
+		lost: make(chan struct{}), cancel: cancel, done: make(chan struct{}),
+	}
+	l.active.Store(h)
+	go h.renewLoop(ctx, sent)
+	return h
+}
+
+// Token is the fencing token of this acquisition: it is greater than the
+// token of every earlier acquisition of the same lease name, including those
+// before the Lease was deleted and created again. Pass it to whatever the
+// lock protects, and have that refuse writes with a token lower than one it
+// has seen.
+func (h *Hold) Token() uint64 { return h.token }
+
+// Reentrant reports whether the Lease was already held under the same
+// identity when this Hold took it. Release then leaves the Lease to that
+// other holder instead of giving it up.
+func (h *Hold) Reentrant() bool { return h.reentrant }
+
+// Lost is closed when the Lease could not be renewed before the renew
+// deadline, or was taken over or deleted by somebody else. Whatever the
+// Lease protects must stop then: the Lease may go to another holder as soon
+// as LeaseDuration - RenewDeadline later.
+func (h *Hold) Lost() <-chan struct{} { return h.lost }
+
+// Err is nil while the Lease is held, and matches ErrLost once Lost is closed.
+func (h *Hold) Err() error {
+	select {
+	case <-h.lost:
+		return h.err
+	default:
+		return nil
+	}
+}
+
+// Release stops renewing and gives the Lease back at once, clearing its
+// holder (or deleting it with Config.DeleteOnRelease) so that the next
+// waiter need not wait for it to expire. It writes nothing if the Lease was
+// lost, was acquired re-entrantly, or has been taken by somebody else.
+// Calling it again returns the first result.
+func (h *Hold) Release(ctx context.Context) error {
+	h.releaseOnce.Do(func() {
+		h.cancel()
+		<-h.done
+		defer h.lock.active.CompareAndSwap(h, nil)
+		if h.Err() != nil || h.reentrant {
+			return
+		}
+		h.releaseErr = h.giveBack(ctx)
+	})
+	return h.releaseErr
+}
+
+func (h *Hold) renewLoop(ctx context.Context, lastRenew time.Time) {
+	defer close(h.done)
+	cfg := &h.lock.cfg
+	log := h.lock.log
+	timer := time.NewTimer(cfg.RetryPeriod)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		// The deadline counts from when the last successful renewal was
+		// sent: the API server wrote it no earlier than that, and others
+		// count the lease duration from when they saw it.
+		deadline := lastRenew.Add(cfg.RenewDeadline)
+		var lastErr error
+		for {
+			now := time.Now()
+			if !now.Before(deadline) {
+				h.fail(fmt.Errorf("%w: could not renew lease %s/%s within the renew deadline %s: %v", ErrLost, cfg.Namespace, cfg.Name, cfg.RenewDeadline, lastErr))
+				return
+			}
+			// Bound each try, so that a hung connection leaves time for
+			// another try before the deadline.
+			attemptCtx, cancel := context.WithTimeout(ctx, min(deadline.Sub(now), max(cfg.RetryPeriod, time.Second)))
+			err := h.renew(attemptCtx, now)
+			cancel()
+			if err == nil {
+				lastRenew = now
+				break
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			if errors.Is(err, ErrLost) {
+				h.fail(err)
+				return
+			}
+			lastErr = err
+			log.V(1).Info("Renewing the lease failed; retrying", "err", err.Error(), "deadline", deadline.Format(time.RFC3339Nano))
+			pause := time.NewTimer(min(cfg.RetryPeriod/4, time.Until(deadline)))
+			select {
+			case <-ctx.Done():
+				pause.Stop()
+				return
+			case <-pause.C:
+			}
+		}
+		timer.Reset(cfg.RetryPeriod)
+	}
+}
+
+func (h *Hold) fail(err error) {
+	h.lock.log.Info("Lost the lease", "err", err.Error())
+	h.err = err
+	close(h.lost)
+}
+
+// renew writes a new renewTime, conditionally on the resourceVersion last
+// written. After a conflict it re-reads: if this identity still holds the
+// Lease (another process sharing the identity renewed it), it tries again;
+// otherwise the Lease is lost.
+func (h *Hold) renew(ctx context.Context, now time.Time) error {
+	h.mu.Lock()
+	cur := h.lease
+	h.mu.Unlock()
+	for {
+		next := cur.DeepCopy()
+		ts := metav1.NewMicroTime(now)
+		next.Spec.RenewTime = &ts
+		written, err := h.lock.leases.Update(ctx, next, metav1.UpdateOptions{})
+		if err == nil {
+			h.mu.Lock()
+			h.lease = written
+			h.mu.Unlock()
+			return nil
+		}
+		if !apierrors.IsConflict(err) && !apierrors.IsNotFound(err) {
+			return err
+		}
+		if cur, err = h.stillOurs(ctx); err != nil {
+			return err
+		}
+		h.lock.log.V(1).Info("Lease changed under the same identity; renewing again")
+	}
+}
+
+// stillOurs re-reads the Lease after a conflict and returns it if this
+// identity still holds it, and an error matching ErrLost if not.
+func (h *Hold) stillOurs(ctx context.Context) (*coordinationv1.Lease, error) {
+	cfg := &h.lock.cfg
+	cur, err := h.lock.leases.Get(ctx, cfg.Name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil, fmt.Errorf("%w: lease %s/%s was deleted", ErrLost, cfg.Namespace, cfg.Name)
+	case err != nil:
+		return nil, err
+	}
+	if holder := recordOf(cur).holder; holder != cfg.Identity {
+		return nil, fmt.Errorf("%w: lease %s/%s is now held by %q", ErrLost, cfg.Namespace, cfg.Name, holder)
+	}
+	return cur, nil
+}
+
+// giveBack clears the holder the way client-go's leader election releases
+// (holder empty, duration 1s, transitions kept), or deletes the Lease,
+// conditionally on what this Hold last wrote.
+func (h *Hold) giveBack(ctx context.Context) error {
+	cfg := &h.lock.cfg
+	cur := h.lease
+	for {
+		var err error
+		if cfg.DeleteOnRelease {
+			uid, rv := cur.UID, cur.ResourceVersion
+			err = h.lock.leases.Delete(ctx, cfg.Name, metav1.DeleteOptions{
+				Preconditions: &metav1.Preconditions{UID: (*types.UID)(&uid), ResourceVersion: &rv},
+			})
+		} else {
+			next := cur.DeepCopy()
+			ts := metav1.NewMicroTime(time.Now())
+			next.Spec.HolderIdentity = ptr("")
+			next.Spec.LeaseDurationSeconds = ptr(int32(1))
+			next.Spec.AcquireTime, next.Spec.RenewTime = &ts, &ts
+			_, err = h.lock.leases.Update(ctx, next, metav1.UpdateOptions{})
+		}
+		switch {
+		case err == nil:
+			h.lock.log.V(1).Info("Released the lease", "deleted", cfg.DeleteOnRelease)
+			return nil
+		case apierrors.IsNotFound(err):
+			return nil
+		case !apierrors.IsConflict(err):
+			return describe(err, cfg, map[bool]string{true: "delete", false: "release"}[cfg.DeleteOnRelease])
+		}
+		if cur, err = h.stillOurs(ctx); err != nil {
+			if errors.Is(err, ErrLost) {
+				return nil // somebody else holds it now: nothing to give back
+			}
+			return err
+		}
+	}
+}

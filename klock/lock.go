@@ -1,0 +1,348 @@
+package klock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-logr/logr"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/watch"
+)
+
+// errConflict means a write lost a race: read the Lease again and decide anew.
+var errConflict = errors.New("lease changed since it was read")
+
+// Lock is one contender for one Lease. It remembers what it has seen of the
+// Lease between calls, so that expiry is judged from its own observations.
+// A Lock gives out one Hold at a time; its methods are safe for concurrent
+// use, and concurrent acquisitions wait for each other.
+type Lock struct {
+	cfg    Config
+	leases LeaseClient
+	log    logr.Logger
+
+	mu     sync.Mutex // serializes acquisitions; guards obs
+	obs    observation
+	active atomic.Pointer[Hold]
+}
+
+// New returns a Lock for the Lease cfg names. leases must be the Leases of
+// cfg.Namespace, for example clientset.CoordinationV1().Leases(ns);
+// NewForConfig builds a smaller client itself.
+func New(leases LeaseClient, cfg Config) (*Lock, error) {
+	cfg, err := cfg.complete()
+	if err != nil {
+		return nil, err
+	}
+	return &Lock{
+		cfg:    cfg,
+		leases: leases,
+		log:    cfg.Logger.WithValues("lease", cfg.Namespace+"/"+cfg.Name, "identity", cfg.Identity),
+	}, nil
+}
+
+// Config returns the configuration with its defaults filled in, such as the
+// generated identity.
+func (l *Lock) Config() Config { return l.cfg }
+
+// TryAcquire makes one attempt to take the Lease and does not wait. When the
+// Lease is held by somebody else the error matches ErrHeld and is a
+// *HeldError.
+func (l *Lock) TryAcquire(ctx context.Context) (*Hold, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.checkIdle(); err != nil {
+		return nil, err
+	}
+	// A conflict means another contender wrote between our read and our
+	// write; read once more so the answer names the winner.
+	for range 2 {
+		lease, err := l.get(ctx)
+		if err != nil {
+			return nil, err
+		}
+		h, err := l.attempt(ctx, lease)
+		if !errors.Is(err, errConflict) {
+			return h, err
+		}
+	}
+	return nil, l.heldError(nil)
+}
+
+// Acquire blocks until it holds the Lease or ctx ends. It watches the one
+// Lease and tries again the moment the Lease is released, deleted or
+// expires; it does not poll. When ctx ends while the Lease is held by
+// somebody else the error matches ErrHeld, and wraps ctx's error.
+func (l *Lock) Acquire(ctx context.Context) (*Hold, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.checkIdle(); err != nil {
+		return nil, err
+	}
+
+	w := &leaseWatch{leases: l.leases, name: l.cfg.Name}
+	defer w.reset()
+	var (
+		lease   *coordinationv1.Lease
+		current bool  // lease is the latest state known, fit to act on
+		lastErr error // why the last attempt failed, when it was no conflict
+		expiry  = time.NewTimer(0)
+		resync  = time.NewTicker(resyncPeriod)
+	)
+	defer expiry.Stop()
+	defer resync.Stop()
+
+	for {
+		if !current {
+			var err error
+			if lease, err = l.get(ctx); err != nil {
+				if permanent(err) {
+					return nil, err
+				}
+				lastErr = err
+			} else {
+				current = true
+				w.follow(ctx, lease)
+			}
+		}
+		wait := l.cfg.RetryPeriod // pause before trying again after a failure
+		if current {
+			h, err := l.attempt(ctx, lease)
+			switch {
+			case err == nil:
+				return h, nil
+			case errors.Is(err, ErrHeld):
+				lastErr, wait = err, time.Until(l.obs.expiry())
+				l.log.V(1).Info("Lease is held; waiting", "holder", l.obs.record.holder, "expires", l.obs.expiry().Format(time.RFC3339Nano))
+			case errors.Is(err, errConflict):
+				current = false // somebody else won this round: see who
+				continue
+			case permanent(err):
+				return nil, err
+			default:
+				lastErr, current = err, false
+			}
+		}
+		if w.w == nil {
+			// No watch could be started: fall back to reading the Lease
+			// every retry period until one can.
+			current, wait = false, min(wait, l.cfg.RetryPeriod)
+		}
+		expiry.Reset(wait)
+
+		select {
+		case ev, ok := <-w.events():
+			w.lastEvent = time.Now()
+			switch {
+			case !ok || ev.Type == watch.Error:
+				// Closed by the server, or typically 410 Gone: the watch
+				// fell too far behind. Read again and watch from there.
+				w.reset()
+				current = false
+			case ev.Type == watch.Deleted:
+				lease, current = nil, true
+			case ev.Type == watch.Added || ev.Type == watch.Modified:
+				if obj, isLease := ev.Object.(*coordinationv1.Lease); isLease {
+					lease, current = obj, true
+				}
+			}
+		case <-expiry.C:
+			// The observed holder expired, or a retry is due. The write is
+			// conditional on the resourceVersion we act on, so a stale view
+			// can cost a conflict but never a second holder.
+		case <-resync.C:
+			if time.Since(w.lastEvent) >= resyncPeriod {
+				// A live holder renews every few seconds, so a watch this
+				// quiet may be silently broken: read and watch again.
+				w.reset()
+				current = false
+			}
+		case <-ctx.Done():
+			var held *HeldError
+			if errors.As(lastErr, &held) {
+				held.Cause = ctx.Err()
+				return nil, held
+			}
+			if lastErr != nil {
+				return nil, fmt.Errorf("gave up waiting for lease %s/%s: %w (last error: %v)", l.cfg.Namespace, l.cfg.Name, ctx.Err(), lastErr)
+			}
+			return nil, fmt.Errorf("gave up waiting for lease %s/%s: %w", l.cfg.Namespace, l.cfg.Name, ctx.Err())
+		}
+	}
+}
+
+// Run acquires the Lease (waiting as Acquire does), runs fn with a context
+// that is cancelled if the Lease is lost, and releases the Lease when fn
+// returns. When the Lease was lost the error matches ErrLost.
+func (l *Lock) Run(ctx context.Context, fn func(ctx context.Context) error) error {
+	h, err := l.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	runCtx, cancel := context.WithCancelCause(ctx)
+	go func() {
+		select {
+		case <-h.Lost():
+			cancel(h.Err())
+		case <-runCtx.Done():
+		}
+	}()
+	err = fn(runCtx)
+	cancel(nil)
+	relCtx, relCancel := context.WithTimeout(context.WithoutCancel(ctx), l.cfg.RenewDeadline)
+	defer relCancel()
+	return errors.Join(err, h.Err(), h.Release(relCtx))
+}
+
+func (l *Lock) checkIdle() error {
+	if h := l.active.Load(); h != nil {
+		return fmt.Errorf("lease %s/%s is already held through this Lock: release it first", l.cfg.Namespace, l.cfg.Name)
+	}
+	return nil
+}
+
+// get reads the Lease; a missing Lease is (nil, nil).
+func (l *Lock) get(ctx context.Context) (*coordinationv1.Lease, error) {
+	lease, err := l.leases.Get(ctx, l.cfg.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, describe(err, &l.cfg, "get")
+	}
+	return lease, nil
+}
+
+func (l *Lock) heldError(cause error) *HeldError {
+	return &HeldError{
+		Namespace: l.cfg.Namespace, Name: l.cfg.Name,
+		Holder: l.obs.record.holder, Until: l.obs.expiry(), Cause: cause,
+	}
+}
+
+// attempt decides from lease (nil: missing) and, when the Lease may be taken,
+// writes the acquisition conditionally on lease's resourceVersion.
+func (l *Lock) attempt(ctx context.Context, lease *coordinationv1.Lease) (*Hold, error) {
+	now := time.Now()
+	l.obs.observe(lease, now)
+	st := l.obs.state(l.cfg.Identity, now)
+	switch {
+	case st == stateHeld:
+		return nil, l.heldError(nil)
+	case st == stateMissing && l.cfg.DisableCreate:
+		return nil, fmt.Errorf("lease %s/%s does not exist and creating it is disabled: create it first", l.cfg.Namespace, l.cfg.Name)
+	}
+
+	desired := l.acquisition(lease, st, now)
+	var (
+		written *coordinationv1.Lease
+		err     error
+		verb    = "update"
+	)
+	if st == stateMissing {
+		verb = "create"
+		written, err = l.leases.Create(ctx, desired, metav1.CreateOptions{})
+	} else {
+		written, err = l.leases.Update(ctx, desired, metav1.UpdateOptions{})
+	}
+	switch {
+	case apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err):
+		return nil, errConflict
+	case err != nil:
+		return nil, describe(err, &l.cfg, verb)
+	}
+	l.obs.observe(written, now)
+	token, err := strconv.ParseUint(written.ResourceVersion, 10, 64)
+	if err != nil {
+		// Kubernetes 1.35 and later promise integer resource versions.
+		err = fmt.Errorf("the API server returned resourceVersion %q, not an integer, so no fencing token can be derived (Kubernetes 1.35 or later is required)", written.ResourceVersion)
+		h := newHold(l, written, 0, st == stateOurs, now)
+		return nil, errors.Join(err, h.Release(ctx))
+	}
+	l.log.V(1).Info("Acquired lease", "token", token, "reentrant", st == stateOurs)
+	return newHold(l, written, token, st == stateOurs, now), nil
+}
+
+// acquisition is the Lease as this identity takes it: the record client-go's
+// leader election writes, so that both kinds of contender agree on it.
+func (l *Lock) acquisition(lease *coordinationv1.Lease, st state, now time.Time) *coordinationv1.Lease {
+	var next *coordinationv1.Lease
+	if lease == nil {
+		next = &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{
+			Name: l.cfg.Name, Namespace: l.cfg.Namespace,
+			Labels: map[string]string{ManagedByLabel: ManagedByValue},
+		}}
+	} else {
+		next = lease.DeepCopy()
+	}
+	if len(l.cfg.Labels) > 0 && next.Labels == nil {
+		next.Labels = make(map[string]string, len(l.cfg.Labels))
+	}
+	for k, v := range l.cfg.Labels {
+		next.Labels[k] = v
+	}
+
+	s := &next.Spec
+	ts := metav1.NewMicroTime(now)
+	s.HolderIdentity = &l.cfg.Identity
+	s.LeaseDurationSeconds = ptr(int32(l.cfg.LeaseDuration / time.Second))
+	s.RenewTime = &ts
+	switch {
+	case st == stateOurs && s.AcquireTime != nil:
+		// Re-entrant: the acquisition and transition count stay.
+	case lease == nil:
+		s.AcquireTime, s.LeaseTransitions = &ts, ptr(int32(0))
+	default:
+		s.AcquireTime, s.LeaseTransitions = &ts, ptr(l.obs.record.transitions+1)
+	}
+	return next
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// leaseWatch follows one Lease by a field selector on its name.
+type leaseWatch struct {
+	leases    LeaseClient
+	name      string
+	w         watch.Interface // nil when none runs
+	lastEvent time.Time
+}
+
+// follow starts watching from lease's resourceVersion unless a watch runs, so
+// that nothing written after that read is missed. A failure leaves w.w nil.
+func (w *leaseWatch) follow(ctx context.Context, lease *coordinationv1.Lease) {
+	if w.w != nil {
+		return
+	}
+	opts := metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("metadata.name", w.name).String()}
+	if lease != nil {
+		opts.ResourceVersion = lease.ResourceVersion
+	}
+	if wi, err := w.leases.Watch(ctx, opts); err == nil {
+		w.w = wi
+	}
+	w.lastEvent = time.Now()
+}
+
+// events is nil, which blocks forever in a select, when no watch runs.
+func (w *leaseWatch) events() <-chan watch.Event {
+	if w.w == nil {
+		return nil
+	}
+	return w.w.ResultChan()
+}
+
+func (w *leaseWatch) reset() {
+	if w.w != nil {
+		w.w.Stop()
+		w.w = nil
+	}
+}

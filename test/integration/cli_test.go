@@ -1,0 +1,472 @@
+package integration
+
+import (
+	"context"
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+func TestContendingProcessesNeverOverlap(t *testing.T) {
+	ns := namespace(t)
+	dir := t.TempDir()
+	log, marker := filepath.Join(dir, "log"), filepath.Join(dir, "inside")
+	const n = 8
+	var ks []*klockCmd
+	for i := range n {
+		name := "p" + strconv.Itoa(i)
+		ks = append(ks, startKlock(t, cp.Kubeconfig, append([]string{"-n", ns, "-l", "contended"}, fast...),
+			probe(log, name, "-marker", marker, "-sleep", "100ms")...))
+	}
+	for i, k := range ks {
+		if code := k.wait(t, 2*time.Minute); code != 0 {
+			t.Fatalf("klock %d exited %d: %s", i, code, k.stderr.String())
+		}
+	}
+
+	events := readLog(t, log)
+	var starts, ends int
+	var lastEnd time.Time
+	var lastToken uint64
+	identities := map[string]bool{}
+	for _, e := range events {
+		switch e.kind {
+		case "overlap":
+			t.Errorf("%s found another command inside the lock", e.name)
+		case "start":
+			starts++
+			if e.at.Before(lastEnd) {
+				t.Errorf("%s started at %s, before the previous holder ended at %s", e.name, e.at, lastEnd)
+			}
+			token, err := strconv.ParseUint(e.fields[0], 10, 64)
+			if err != nil {
+				t.Fatalf("%s got fencing token %q: %v", e.name, e.fields[0], err)
+			}
+			if token <= lastToken {
+				t.Errorf("%s got fencing token %d, not above the previous %d", e.name, token, lastToken)
+			}
+			lastToken = token
+			identities[e.fields[1]] = true
+		case "end":
+			ends++
+			lastEnd = e.at
+		}
+	}
+	if starts != n || ends != n {
+		t.Fatalf("got %d starts and %d ends, want %d each", starts, ends, n)
+	}
+	if len(identities) != n {
+		t.Errorf("got %d distinct default identities, want %d: %v", len(identities), n, identities)
+	}
+	lease := getLease(t, ns, "contended")
+	if got := holder(lease); got != "" {
+		t.Errorf("lease holder after all runs = %q, want released (empty)", got)
+	}
+	if got := *lease.Spec.LeaseTransitions; got != n-1 {
+		t.Errorf("leaseTransitions = %d, want %d", got, n-1)
+	}
+}
+
+func TestReleaseHandsOverAtOnce(t *testing.T) {
+	ns := namespace(t)
+	log := filepath.Join(t.TempDir(), "log")
+	// The default 15s lease: if the first run did not release, the second
+	// could only start 15s after the first one's last renewal.
+	a := startKlock(t, cp.Kubeconfig, []string{"-n", ns, "-l", "handoff"}, probe(log, "a", "-sleep", "500ms")...)
+	eventually(t, 30*time.Second, "a to start", func() bool { _, ok := find(readLog(t, log), "start", "a"); return ok })
+	b := startKlock(t, cp.Kubeconfig, []string{"-n", ns, "-l", "handoff"}, probe(log, "b")...)
+	if code := a.wait(t, 30*time.Second); code != 0 {
+		t.Fatalf("a exited %d: %s", code, a.stderr.String())
+	}
+	if code := b.wait(t, 10*time.Second); code != 0 {
+		t.Fatalf("b exited %d: %s", code, b.stderr.String())
+	}
+	events := readLog(t, log)
+	aEnd, _ := find(events, "end", "a")
+	bStart, _ := find(events, "start", "b")
+	if bStart.at.Before(aEnd.at) {
+		t.Errorf("b started at %s, before a ended at %s", bStart.at, aEnd.at)
+	}
+}
+
+func TestTakeoverAfterHolderIsKilled(t *testing.T) {
+	ns := namespace(t)
+	dir := t.TempDir()
+	log, pidFile := filepath.Join(dir, "log"), filepath.Join(dir, "pid")
+	args := append([]string{"-n", ns, "-l", "takeover"}, fast...)
+	a := startKlock(t, cp.Kubeconfig, args, probe(log, "a", "-sleep", "1h", "-pid", pidFile)...)
+	eventually(t, 30*time.Second, "a to start", func() bool { _, ok := find(readLog(t, log), "start", "a"); return ok })
+	b := startKlock(t, cp.Kubeconfig, args, probe(log, "b")...)
+	time.Sleep(500 * time.Millisecond) // let b start watching
+
+	killed := time.Now()
+	a.signal(t, syscall.SIGKILL)
+	_ = a.wait(t, 10*time.Second)
+	pid, err := strconv.Atoi(readFile(t, pidFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The command must not outlive the klock that held the lock for it.
+	eventually(t, 5*time.Second, "a's command to die with it", func() bool {
+		return syscall.Kill(pid, 0) == syscall.ESRCH || isZombie(pid)
+	})
+
+	if code := b.wait(t, 30*time.Second); code != 0 {
+		t.Fatalf("b exited %d: %s", code, b.stderr.String())
+	}
+	bStart, ok := find(readLog(t, log), "start", "b")
+	if !ok {
+		t.Fatal("b never ran")
+	}
+	// a renewed at most one retry period (300ms) before it was killed, and b
+	// may take over only a full lease duration (2s) after it saw that.
+	if earliest := killed.Add(2*time.Second - 300*time.Millisecond); bStart.at.Before(earliest) {
+		t.Errorf("b took over at %s, before a's lease could have expired (%s)", bStart.at, earliest)
+	}
+	if got := bStart.fields[1]; holder(getLease(t, ns, "takeover")) != "" || got == "" {
+		t.Errorf("after b: holder %q, b's identity %q", holder(getLease(t, ns, "takeover")), got)
+	}
+}
+
+func TestRenewFailureStopsCommandBeforeLeaseExpires(t *testing.T) {
+	ns := namespace(t)
+	log := filepath.Join(t.TempDir(), "log")
+	proxy, err := newAPIProxy(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := append([]string{"-n", ns, "-l", "renew"}, fast...)
+	a := startKlock(t, proxy.kubeconfig, args, probe(log, "a", "-sleep", "1h", "-trap")...)
+	eventually(t, 30*time.Second, "a to start", func() bool { _, ok := find(readLog(t, log), "start", "a"); return ok })
+	b := startKlock(t, cp.Kubeconfig, args, probe(log, "b")...)
+	time.Sleep(500 * time.Millisecond)
+
+	proxy.Cut() // a can no longer reach the API server, b still can
+	if code := a.wait(t, 30*time.Second); code != 124 {
+		t.Fatalf("a exited %d, want 124 (lease lost); stderr: %s", code, a.stderr.String())
+	}
+	if !strings.Contains(a.stderr.String(), "lease lost") {
+		t.Errorf("a's stderr does not say the lease was lost:\n%s", a.stderr.String())
+	}
+	if code := b.wait(t, 30*time.Second); code != 0 {
+		t.Fatalf("b exited %d: %s", code, b.stderr.String())
+	}
+	events := readLog(t, log)
+	sig, ok := find(events, "signal", "a")
+	if !ok || sig.fields[0] != "terminated" {
+		t.Fatalf("a's command was not sent SIGTERM: %+v", events)
+	}
+	aEnd, _ := find(events, "end", "a")
+	bStart, _ := find(events, "start", "b")
+	if !aEnd.at.Before(bStart.at) {
+		t.Errorf("b started at %s, before a's command stopped at %s", bStart.at, aEnd.at)
+	}
+}
+
+func TestSignalsAndExitCodes(t *testing.T) {
+	ns := namespace(t)
+	dir := t.TempDir()
+	notExecutable := filepath.Join(dir, "script")
+	if err := os.WriteFile(notExecutable, []byte("#!/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name    string
+		command []string
+		signal  syscall.Signal // sent to klock once the command runs
+		want    int
+		stderr  string
+	}{
+		{name: "the command's exit status passes through", command: []string{"-exit", "42"}, want: 42},
+		{name: "success", command: nil, want: 0},
+		{name: "SIGTERM is forwarded", command: []string{"-sleep", "1h", "-trap"}, signal: syscall.SIGTERM, want: 100 + 15},
+		{name: "SIGINT is forwarded", command: []string{"-sleep", "1h", "-trap"}, signal: syscall.SIGINT, want: 100 + 2},
+		{name: "SIGHUP is forwarded", command: []string{"-sleep", "1h", "-trap"}, signal: syscall.SIGHUP, want: 100 + 1},
+		{name: "a command killed by a signal gives 128+N", command: []string{"-sleep", "1h"}, signal: syscall.SIGTERM, want: 128 + 15},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			log := filepath.Join(t.TempDir(), "log")
+			k := startKlock(t, cp.Kubeconfig, []string{"-n", ns, "-l", "signals"}, probe(log, "p", tc.command...)...)
+			if tc.signal != 0 {
+				eventually(t, 30*time.Second, "the command to start", func() bool { _, ok := find(readLog(t, log), "start", "p"); return ok })
+				time.Sleep(100 * time.Millisecond) // let the probe install its handler
+				k.signal(t, tc.signal)
+			}
+			if code := k.wait(t, 30*time.Second); code != tc.want {
+				t.Fatalf("exit code %d, want %d; stderr: %s", code, tc.want, k.stderr.String())
+			}
+			if got := holder(getLease(t, ns, "signals")); got != "" {
+				t.Errorf("lease holder after exit = %q, want released", got)
+			}
+		})
+	}
+
+	for _, tc := range []struct {
+		name    string
+		command []string
+		want    int
+		stderr  string
+	}{
+		{name: "command not found", command: []string{filepath.Join(dir, "missing")}, want: 127, stderr: "no such file"},
+		{name: "command not executable", command: []string{notExecutable}, want: 126, stderr: "permission denied"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			k := startKlock(t, cp.Kubeconfig, []string{"-n", ns, "-l", "signals"}, tc.command...)
+			if code := k.wait(t, 30*time.Second); code != tc.want {
+				t.Fatalf("exit code %d, want %d; stderr: %s", code, tc.want, k.stderr.String())
+			}
+			assertOneLine(t, k.stderr.String(), tc.stderr)
+		})
+	}
+
+	t.Run("a signal while waiting ends the wait without running the command", func(t *testing.T) {
+		log := filepath.Join(t.TempDir(), "log")
+		a := startKlock(t, cp.Kubeconfig, []string{"-n", ns, "-l", "waiting"}, probe(log, "a", "-sleep", "1h")...)
+		eventually(t, 30*time.Second, "a to start", func() bool { _, ok := find(readLog(t, log), "start", "a"); return ok })
+		b := startKlock(t, cp.Kubeconfig, []string{"-n", ns, "-l", "waiting"}, probe(log, "b")...)
+		time.Sleep(300 * time.Millisecond)
+		b.signal(t, syscall.SIGTERM)
+		if code := b.wait(t, 10*time.Second); code != 128+15 {
+			t.Fatalf("b exited %d, want 143; stderr: %s", code, b.stderr.String())
+		}
+		if _, ran := find(readLog(t, log), "start", "b"); ran {
+			t.Error("b ran its command although it never got the lock")
+		}
+		a.signal(t, syscall.SIGTERM)
+		_ = a.wait(t, 10*time.Second)
+	})
+}
+
+func TestWaitLimitAndConflictExitCode(t *testing.T) {
+	ns := namespace(t)
+	log := filepath.Join(t.TempDir(), "log")
+	a := startKlock(t, cp.Kubeconfig, []string{"-n", ns, "-l", "busy", "-i", "the-holder"}, probe(log, "a", "-sleep", "1h", "-trap")...)
+	eventually(t, 30*time.Second, "a to start", func() bool { _, ok := find(readLog(t, log), "start", "a"); return ok })
+
+	for _, tc := range []struct {
+		name string
+		args []string
+		want int
+	}{
+		{name: "--wait elapses", args: []string{"-w", "500ms", "-E", "7"}, want: 7},
+		{name: "--timeout is --wait", args: []string{"--timeout", "0.5", "-E", "8"}, want: 8},
+		{name: "--nonblock gives up at once", args: []string{"--nonblock", "-E", "0"}, want: 0},
+		{name: "the default conflict exit code is 1", args: []string{"-w", "300ms"}, want: 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			k := startKlock(t, cp.Kubeconfig, append([]string{"-n", ns, "-l", "busy"}, tc.args...), probe(log, tc.name)...)
+			if code := k.wait(t, 30*time.Second); code != tc.want {
+				t.Fatalf("exit code %d, want %d; stderr: %s", code, tc.want, k.stderr.String())
+			}
+			if _, ran := find(readLog(t, log), "start", tc.name); ran {
+				t.Error("the command ran without the lock")
+			}
+			assertOneLine(t, k.stderr.String(), `held by "the-holder"`)
+		})
+	}
+
+	a.signal(t, syscall.SIGTERM)
+	_ = a.wait(t, 10*time.Second)
+	k := startKlock(t, cp.Kubeconfig, []string{"-n", ns, "-l", "busy", "-w", "10s"}, probe(log, "after")...)
+	if code := k.wait(t, 30*time.Second); code != 0 {
+		t.Fatalf("after the holder left: exit code %d; stderr: %s", code, k.stderr.String())
+	}
+}
+
+func TestCleanupLeaseAndLabels(t *testing.T) {
+	ns := namespace(t)
+	ctx := context.Background()
+
+	k := startKlock(t, cp.Kubeconfig, []string{"-n", ns, "-l", "kept", "--labels", "team=data,tier=batch"}, probeBin)
+	if code := k.wait(t, 30*time.Second); code != 0 {
+		t.Fatalf("exit code %d; stderr: %s", code, k.stderr.String())
+	}
+	lease := getLease(t, ns, "kept")
+	want := map[string]string{"app.kubernetes.io/managed-by": "klock", "team": "data", "tier": "batch"}
+	if diff := cmp.Diff(want, lease.Labels); diff != "" {
+		t.Errorf("labels (-want,+got):\n%s", diff)
+	}
+	if holder(lease) != "" {
+		t.Errorf("holder = %q, want released", holder(lease))
+	}
+
+	for _, flag := range []string{"--cleanup-lease", "-u", "--unlock"} {
+		k := startKlock(t, cp.Kubeconfig, []string{"-n", ns, "-l", "cleaned", flag}, probeBin)
+		if code := k.wait(t, 30*time.Second); code != 0 {
+			t.Fatalf("%s: exit code %d; stderr: %s", flag, code, k.stderr.String())
+		}
+		_, err := cp.Client.CoordinationV1().Leases(ns).Get(ctx, "cleaned", metav1.GetOptions{})
+		if !apierrors.IsNotFound(err) {
+			t.Errorf("%s: lease still there (err %v)", flag, err)
+		}
+	}
+}
+
+func TestFencingTokenGrowsAcrossDeletion(t *testing.T) {
+	ns := namespace(t)
+	log := filepath.Join(t.TempDir(), "log")
+	var last uint64
+	for i, args := range [][]string{{"--cleanup-lease"}, {"--cleanup-lease"}, nil, nil, {"--cleanup-lease"}, nil} {
+		name := "run" + strconv.Itoa(i)
+		k := startKlock(t, cp.Kubeconfig, append([]string{"-n", ns, "-l", "fenced"}, args...), probe(log, name)...)
+		if code := k.wait(t, 30*time.Second); code != 0 {
+			t.Fatalf("%s: exit code %d; stderr: %s", name, code, k.stderr.String())
+		}
+		start, _ := find(readLog(t, log), "start", name)
+		token, err := strconv.ParseUint(start.fields[0], 10, 64)
+		if err != nil {
+			t.Fatalf("%s: token %q: %v", name, start.fields[0], err)
+		}
+		if token <= last {
+			t.Errorf("%s (%v): token %d not above the previous %d", name, args, token, last)
+		}
+		last = token
+	}
+}
+
+func TestArgvReachesTheCommandVerbatim(t *testing.T) {
+	ns := namespace(t)
+	out := filepath.Join(t.TempDir(), "argv")
+	want := []string{"two words", "", "'single'", `"double"`, "$HOME", "*", "line\nbreak", "--", "-x", "--flag=1", "\xff\xfe not utf-8", `back\slash`, "tab\there"}
+	k := startKlock(t, cp.Kubeconfig, []string{"-n", ns}, append([]string{probeBin, "-argv", out, "--"}, want...)...)
+	if code := k.wait(t, 30*time.Second); code != 0 {
+		t.Fatalf("exit code %d; stderr: %s", code, k.stderr.String())
+	}
+	var got []string
+	for _, line := range strings.Split(strings.TrimSuffix(readFile(t, out), "\n"), "\n") {
+		b, err := hex.DecodeString(line)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, string(b))
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("argv (-want,+got):\n%s", diff)
+	}
+}
+
+func TestNamespaceAndIdentity(t *testing.T) {
+	ns, other := namespace(t), namespace(t)
+	for _, tc := range []struct {
+		name          string
+		env           []string
+		args          []string
+		wantNamespace string
+		wantIdentity  string // "" means generated
+	}{
+		{name: "from the environment", env: []string{"KLOCK_NAMESPACE=" + ns, "KLOCK_IDENTITY=from-env"}, wantNamespace: ns, wantIdentity: "from-env"},
+		{name: "flags win over the environment", env: []string{"KLOCK_NAMESPACE=" + other, "KLOCK_IDENTITY=from-env"}, args: []string{"-n", ns, "-i", "from-flag"}, wantNamespace: ns, wantIdentity: "from-flag"},
+		{name: "-g ignores KLOCK_IDENTITY", env: []string{"KLOCK_NAMESPACE=" + ns, "KLOCK_IDENTITY=from-env"}, args: []string{"-g"}, wantNamespace: ns},
+		{name: "the kubeconfig context's namespace, else default", wantNamespace: "default"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			log := filepath.Join(t.TempDir(), "log")
+			k := startKlockEnv(t, cp.Kubeconfig, tc.env, append([]string{"-l", "env"}, tc.args...), probe(log, "q")...)
+			if code := k.wait(t, 30*time.Second); code != 0 {
+				t.Fatalf("exit code %d; stderr: %s", code, k.stderr.String())
+			}
+			start, _ := find(readLog(t, log), "start", "q")
+			identity, lease, namespace := start.fields[1], start.fields[2], start.fields[3]
+			if lease != "env" || namespace != tc.wantNamespace {
+				t.Errorf("lease %s/%s, want %s/env", namespace, lease, tc.wantNamespace)
+			}
+			if tc.wantIdentity != "" && identity != tc.wantIdentity {
+				t.Errorf("identity %q, want %q", identity, tc.wantIdentity)
+			}
+			if tc.wantIdentity == "" && (identity == "from-env" || identity == "-") {
+				t.Errorf("identity %q, want a generated one", identity)
+			}
+			getLease(t, tc.wantNamespace, "env") // the Lease is where klock said
+		})
+	}
+}
+
+func TestSameIdentityIsReentrant(t *testing.T) {
+	ns := namespace(t)
+	log := filepath.Join(t.TempDir(), "log")
+	args := []string{"-n", ns, "-l", "shared", "-i", "same"}
+	a := startKlock(t, cp.Kubeconfig, args, probe(log, "a", "-sleep", "1h", "-trap")...)
+	eventually(t, 30*time.Second, "a to start", func() bool { _, ok := find(readLog(t, log), "start", "a"); return ok })
+	b := startKlock(t, cp.Kubeconfig, append(args, "--nonblock"), probe(log, "b")...)
+	if code := b.wait(t, 30*time.Second); code != 0 {
+		t.Fatalf("b, sharing a's identity, exited %d; stderr: %s", code, b.stderr.String())
+	}
+	// b took the lock re-entrantly, so it left it to a.
+	if got := holder(getLease(t, ns, "shared")); got != "same" {
+		t.Errorf("holder after b = %q, want a's %q", got, "same")
+	}
+	a.signal(t, syscall.SIGTERM)
+	_ = a.wait(t, 10*time.Second)
+}
+
+func TestPermissionDeniedSaysWhatToGrant(t *testing.T) {
+	ns := namespace(t)
+	kubeconfig, _, err := cp.AddUser("nobody")
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := startKlock(t, kubeconfig, []string{"-n", ns, "-l", "forbidden"}, probeBin)
+	if code := k.wait(t, 30*time.Second); code != 125 {
+		t.Fatalf("exit code %d, want 125; stderr: %s", code, k.stderr.String())
+	}
+	assertOneLine(t, k.stderr.String(), "grant get, create, update and watch")
+}
+
+func TestBadInputIsOneClearLine(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{args: []string{"-l", "Not_A_Name", "--", "true"}, want: `invalid lease name "Not_A_Name"`},
+		{args: []string{"--lease-duration", "1500ms", "--", "true"}, want: "whole number of seconds"},
+		{args: []string{"--renew-deadline", "20s", "--", "true"}, want: "below the lease duration"},
+		{args: []string{"-s", "NOPE", "--", "true"}, want: `unknown signal "NOPE"`},
+		{args: []string{"-w", "soon", "--", "true"}, want: `"soon" is not a duration`},
+		{args: []string{"--labels", "novalue", "--", "true"}, want: "not key=value"},
+		{args: []string{"-E", "300", "--", "true"}, want: "conflict-exit-code"},
+		{args: []string{"-l", "x"}, want: "no command given"},
+		{args: []string{"--no-such-flag", "--", "true"}, want: "unknown flag: --no-such-flag"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			k := startKlockRaw(t, nil, append([]string{"--kubeconfig", cp.Kubeconfig}, tc.args...)...)
+			if code := k.wait(t, 30*time.Second); code != 125 {
+				t.Fatalf("exit code %d, want 125; stderr: %s", code, k.stderr.String())
+			}
+			assertOneLine(t, k.stderr.String(), tc.want)
+		})
+	}
+}
+
+func assertOneLine(t *testing.T, stderr, want string) {
+	t.Helper()
+	if strings.Count(stderr, "\n") != 1 || !strings.HasPrefix(stderr, "klock: ") || !strings.Contains(stderr, want) {
+		t.Errorf("stderr = %q, want one line starting %q and containing %q", stderr, "klock: ", want)
+	}
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func isZombie(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return true
+	}
+	fields := strings.Fields(string(b))
+	return len(fields) > 2 && fields[2] == "Z"
+}

@@ -1,0 +1,238 @@
+// Package integration tests the klock binary and engine against a real
+// kube-apiserver and etcd.
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"net/url"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/klock-io/klock/test/framework"
+)
+
+var (
+	cp       *framework.ControlPlane
+	klockBin string
+	probeBin string
+)
+
+// Short lease timings keep the takeover tests fast; the ratios are those of
+// the defaults.
+var fast = []string{"--lease-duration", "2s", "--renew-deadline", "1500ms", "--retry-period", "300ms"}
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "klock-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	for _, pkg := range []string{"github.com/klock-io/klock/cmd/klock", "github.com/klock-io/klock/test/internal/probe"} {
+		bin, err := framework.Build(dir, pkg)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		if filepath.Base(bin) == "klock" {
+			klockBin = bin
+		} else {
+			probeBin = bin
+		}
+	}
+	if cp, err = framework.Start(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer cp.Stop()
+	return m.Run()
+}
+
+// namespace creates a namespace for one test.
+func namespace(t *testing.T) string {
+	t.Helper()
+	ns, err := cp.CreateNamespace(context.Background(), "klock")
+	if err != nil {
+		t.Fatalf("creating namespace: %v", err)
+	}
+	return ns
+}
+
+// klockCmd is a klock process against the test control plane; args come
+// before "--", command after it.
+type klockCmd struct {
+	*exec.Cmd
+	stderr bytes.Buffer
+	stdout bytes.Buffer
+}
+
+func startKlock(t *testing.T, kubeconfig string, args []string, command ...string) *klockCmd {
+	t.Helper()
+	return startKlockEnv(t, kubeconfig, nil, args, command...)
+}
+
+// startKlockEnv is startKlock with extra environment variables.
+func startKlockEnv(t *testing.T, kubeconfig string, env, args []string, command ...string) *klockCmd {
+	t.Helper()
+	argv := append([]string{"--kubeconfig", kubeconfig}, args...)
+	return startKlockRaw(t, env, append(append(argv, "--"), command...)...)
+}
+
+// startKlockRaw runs klock with exactly argv.
+func startKlockRaw(t *testing.T, env []string, argv ...string) *klockCmd {
+	t.Helper()
+	k := &klockCmd{Cmd: exec.Command(klockBin, argv...)}
+	k.Stderr, k.Stdout = &k.stderr, &k.stdout
+	// Nothing inherited from the environment running the tests.
+	k.Env = append(append(os.Environ(), "KLOCK_NAMESPACE=", "KLOCK_IDENTITY=", "KUBECONFIG="), env...)
+	if err := k.Start(); err != nil {
+		t.Fatalf("starting klock: %v", err)
+	}
+	t.Cleanup(func() {
+		if k.ProcessState == nil {
+			_ = k.Process.Kill()
+			_, _ = k.Process.Wait()
+		}
+	})
+	return k
+}
+
+// wait waits for klock to exit and returns its exit code.
+func (k *klockCmd) wait(t *testing.T, timeout time.Duration) int {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- k.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		_ = k.Process.Kill()
+		<-done
+		t.Fatalf("klock did not exit within %s; stderr:\n%s", timeout, k.stderr.String())
+	}
+	return k.ProcessState.ExitCode()
+}
+
+func (k *klockCmd) signal(t *testing.T, sig syscall.Signal) {
+	t.Helper()
+	if err := k.Process.Signal(sig); err != nil {
+		t.Fatalf("signalling klock: %v", err)
+	}
+}
+
+// probe returns the argv of a probe run recording into log.
+func probe(log, name string, args ...string) []string {
+	return append([]string{probeBin, "-log", log, "-name", name}, args...)
+}
+
+// event is a line of a probe log.
+type event struct {
+	kind, name string
+	at         time.Time
+	fields     []string
+}
+
+func readLog(t *testing.T, path string) []event {
+	t.Helper()
+	f, err := os.Open(path)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var events []event
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		parts := strings.Fields(sc.Text())
+		if len(parts) < 3 {
+			t.Fatalf("malformed probe log line %q", sc.Text())
+		}
+		ns, err := strconv.ParseInt(parts[2], 10, 64)
+		if err != nil {
+			t.Fatalf("malformed time in %q", sc.Text())
+		}
+		events = append(events, event{kind: parts[0], name: parts[1], at: time.Unix(0, ns), fields: parts[3:]})
+	}
+	sort.SliceStable(events, func(i, j int) bool { return events[i].at.Before(events[j].at) })
+	return events
+}
+
+// find returns the first event of kind for name.
+func find(events []event, kind, name string) (event, bool) {
+	for _, e := range events {
+		if e.kind == kind && e.name == name {
+			return e, true
+		}
+	}
+	return event{}, false
+}
+
+// eventually polls cond until it holds or timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func getLease(t *testing.T, ns, name string) *coordinationv1.Lease {
+	t.Helper()
+	l, err := cp.Client.CoordinationV1().Leases(ns).Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("getting lease %s/%s: %v", ns, name, err)
+	}
+	return l
+}
+
+func holder(l *coordinationv1.Lease) string {
+	if l.Spec.HolderIdentity == nil {
+		return ""
+	}
+	return *l.Spec.HolderIdentity
+}
+
+// apiProxy is a cuttable path to the API server, with a kubeconfig using it.
+type apiProxy struct {
+	*framework.Proxy
+	kubeconfig string
+}
+
+func newAPIProxy(t *testing.T) (*apiProxy, error) {
+	t.Helper()
+	u, err := url.Parse(cp.Config.Host)
+	if err != nil {
+		return nil, err
+	}
+	p, err := framework.NewProxy(u.Host)
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { _ = p.Close() })
+	kc, err := framework.KubeconfigVia(cp.Kubeconfig, "https://"+p.Addr())
+	if err != nil {
+		return nil, err
+	}
+	return &apiProxy{Proxy: p, kubeconfig: kc}, nil
+}
