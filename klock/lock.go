@@ -79,8 +79,10 @@ func (l *Lock) TryAcquire(ctx context.Context) (*Hold, error) {
 
 // Acquire blocks until it holds the Lease or ctx ends. It watches the one
 // Lease and tries again the moment the Lease is released, deleted or
-// expires; it does not poll. When ctx ends while the Lease is held by
-// somebody else the error matches ErrHeld, and wraps ctx's error.
+// expires; it does not poll. API errors are retried every RetryPeriod, but
+// if the API server has not answered once within RenewDeadline, Acquire
+// returns the error: the address or credentials are likely wrong. When ctx ends while the Lease is held by
+// somebody else the error matches ErrHeld, and wraps context.Cause(ctx).
 func (l *Lock) Acquire(ctx context.Context) (*Hold, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -94,6 +96,10 @@ func (l *Lock) Acquire(ctx context.Context) (*Hold, error) {
 		lease   *coordinationv1.Lease
 		current bool  // lease is the latest state known, fit to act on
 		lastErr error // why the last attempt failed, when it was no conflict
+		// Until the API server has answered once, failing for a renew
+		// deadline is taken as a wrong address or credentials, not a blip.
+		answered  bool
+		unreached = time.Now()
 		expiry  = time.NewTimer(0)
 		resync  = time.NewTicker(resyncPeriod)
 	)
@@ -104,12 +110,12 @@ func (l *Lock) Acquire(ctx context.Context) (*Hold, error) {
 		if !current {
 			var err error
 			if lease, err = l.get(ctx); err != nil {
-				if permanent(err) {
+				if permanent(err) || !answered && time.Since(unreached) >= l.cfg.RenewDeadline {
 					return nil, err
 				}
 				lastErr = err
 			} else {
-				current = true
+				answered, current = true, true
 				w.follow(ctx, lease)
 			}
 		}
@@ -166,15 +172,17 @@ func (l *Lock) Acquire(ctx context.Context) (*Hold, error) {
 				current = false
 			}
 		case <-ctx.Done():
+			// The cause says why, e.g. a wait limit the caller set.
+			cause := context.Cause(ctx)
 			var held *HeldError
 			if errors.As(lastErr, &held) {
-				held.Cause = ctx.Err()
+				held.Cause = cause
 				return nil, held
 			}
 			if lastErr != nil {
-				return nil, fmt.Errorf("gave up waiting for lease %s/%s: %w (last error: %v)", l.cfg.Namespace, l.cfg.Name, ctx.Err(), lastErr)
+				return nil, fmt.Errorf("gave up waiting for lease %s/%s: %w (last error: %v)", l.cfg.Namespace, l.cfg.Name, cause, lastErr)
 			}
-			return nil, fmt.Errorf("gave up waiting for lease %s/%s: %w", l.cfg.Namespace, l.cfg.Name, ctx.Err())
+			return nil, fmt.Errorf("gave up waiting for lease %s/%s: %w", l.cfg.Namespace, l.cfg.Name, cause)
 		}
 	}
 }

@@ -67,7 +67,7 @@ type state int
 const (
 	stateMissing state = iota // no Lease: create it
 	stateFree                 // released or expired: take it
-	stateOurs                 // held by this identity: take it again (re-entrant)
+	stateOurs                 // held by this identity, unexpired: take it again (re-entrant)
 	stateHeld                 // held by another identity until expiry()
 )
 
@@ -77,12 +77,14 @@ func (o *observation) state(identity string, now time.Time) state {
 		return stateMissing
 	case o.record.holder == "":
 		return stateFree
+	case !now.Before(o.expiry()):
+		// Expired, even if under our own identity: whoever held it is
+		// gone, so this is a new acquisition, not a re-entrant one.
+		return stateFree
 	case o.record.holder == identity:
 		return stateOurs
-	case now.Before(o.expiry()):
-		return stateHeld
 	default:
-		return stateFree
+		return stateHeld
 	}
 }
 

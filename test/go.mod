@@ -39,6 +39,7 @@ replace (
 )
 
 require (
+	github.com/klock-io/klock v0.0.0-00010101000000-000000000000
 	k8s.io/api v0.37.1
 	k8s.io/apimachinery v0.37.1
 	k8s.io/client-go v0.37.1

@@ -101,9 +101,6 @@ func acquire(ctx context.Context, o *Options, lock *klock.Lock, sigs <-chan os.S
 			waitCtx, cancel := context.WithTimeoutCause(ctx, o.Wait, fmt.Errorf("gave up after --wait %s", o.Wait))
 			defer cancel()
 			r.hold, r.err = lock.Acquire(waitCtx)
-			if r.err != nil && context.Cause(waitCtx) != nil && ctx.Err() == nil {
-				r.err = fmt.Errorf("%w (%v)", r.err, context.Cause(waitCtx))
-			}
 		default:
 			r.hold, r.err = lock.Acquire(ctx)
 		}

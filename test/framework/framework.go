@@ -139,3 +139,22 @@ func KubeconfigVia(src, server string) (string, error) {
 	dst := src + "-via-" + strings.NewReplacer(":", "-", "/", "-").Replace(server)
 	return dst, clientcmd.WriteToFile(*cfg, dst)
 }
+
+// Binaries are the programs the tests run.
+type Binaries struct {
+	// Klock is the klock CLI, built static and stripped as released.
+	Klock string
+	// Probe records when it runs; see test/internal/probe.
+	Probe string
+}
+
+// BuildBinaries builds klock and the probe into dir.
+func BuildBinaries(dir string) (Binaries, error) {
+	var b Binaries
+	var err error
+	if b.Klock, err = Build(dir, "github.com/klock-io/klock/cmd/klock"); err != nil {
+		return b, err
+	}
+	b.Probe, err = Build(dir, "github.com/klock-io/klock/test/internal/probe")
+	return b, err
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -469,4 +470,23 @@ func isZombie(pid int) bool {
 	}
 	fields := strings.Fields(string(b))
 	return len(fields) > 2 && fields[2] == "Z"
+}
+
+func TestReapsOrphansAsPID1(t *testing.T) {
+	unshare, err := exec.LookPath("unshare")
+	if err != nil {
+		t.Fatalf("unshare (util-linux) is needed: %v", err)
+	}
+	ns := namespace(t)
+	out := filepath.Join(t.TempDir(), "zombies")
+	// The subshell leaves an orphan sleep behind; once it exits it is a
+	// zombie unless PID 1, here klock, waits for it.
+	script := `(sleep 0.2 &); sleep 1; grep -l '^State:.*Z' /proc/[0-9]*/status | wc -l > "$1"`
+	k := startProcess(t, nil, unshare, "--user", "--map-root-user", "--pid", "--fork", "--mount-proc", klockBin, "--kubeconfig", cp.Kubeconfig, "-n", ns, "--", "sh", "-c", script, "sh", out)
+	if code := k.wait(t, 30*time.Second); code != 0 {
+		t.Fatalf("exit code %d; stderr: %s", code, k.stderr.String())
+	}
+	if got := readFile(t, out); got != "0" {
+		t.Errorf("%s zombies in klock's PID namespace, want 0", got)
+	}
 }

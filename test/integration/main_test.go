@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"net/url"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -45,18 +44,12 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	for _, pkg := range []string{"github.com/klock-io/klock/cmd/klock", "github.com/klock-io/klock/test/internal/probe"} {
-		bin, err := framework.Build(dir, pkg)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		if filepath.Base(bin) == "klock" {
-			klockBin = bin
-		} else {
-			probeBin = bin
-		}
+	bins, err := framework.BuildBinaries(dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
 	}
+	klockBin, probeBin = bins.Klock, bins.Probe
 	if cp, err = framework.Start(); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -98,8 +91,17 @@ func startKlockEnv(t *testing.T, kubeconfig string, env, args []string, command 
 // startKlockRaw runs klock with exactly argv.
 func startKlockRaw(t *testing.T, env []string, argv ...string) *klockCmd {
 	t.Helper()
-	k := &klockCmd{Cmd: exec.Command(klockBin, argv...)}
+	return startProcess(t, env, klockBin, argv...)
+}
+
+// startProcess runs path (klock, or something that runs klock) with argv.
+func startProcess(t *testing.T, env []string, path string, argv ...string) *klockCmd {
+	t.Helper()
+	k := &klockCmd{Cmd: exec.Command(path, argv...)}
 	k.Stderr, k.Stdout = &k.stderr, &k.stdout
+	// A command that outlives klock keeps the output pipes open; do not let
+	// that hang the test.
+	k.WaitDelay = 2 * time.Second
 	// Nothing inherited from the environment running the tests.
 	k.Env = append(append(os.Environ(), "KLOCK_NAMESPACE=", "KLOCK_IDENTITY=", "KUBECONFIG="), env...)
 	if err := k.Start(); err != nil {
