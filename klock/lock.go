@@ -116,7 +116,6 @@ func (l *Lock) Acquire(ctx context.Context) (*Hold, error) {
 				lastErr = err
 			} else {
 				answered, current = true, true
-				w.follow(ctx, lease)
 			}
 		}
 		wait := l.cfg.RetryPeriod // pause before trying again after a failure
@@ -136,6 +135,12 @@ func (l *Lock) Acquire(ctx context.Context) (*Hold, error) {
 			default:
 				lastErr, current = err, false
 			}
+		}
+		if current && lease != nil {
+			// Watch from the version just judged, so that nothing written
+			// after it is missed. Only now that waiting is certain: a free
+			// Lease costs a read and a write, no more.
+			w.follow(ctx, lease)
 		}
 		if w.w == nil {
 			// No watch could be started: fall back to reading the Lease

@@ -7,7 +7,6 @@ package bench
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -215,14 +214,7 @@ func BenchmarkIdleWaiterRequests(b *testing.B) {
 	defer h.Release(ctx)
 
 	var requests atomic.Int64
-	counted := *cp.Config
-	counted.WrapTransport = func(rt http.RoundTripper) http.RoundTripper {
-		return roundTripFunc(func(r *http.Request) (*http.Response, error) {
-			requests.Add(1)
-			return rt.RoundTrip(r)
-		})
-	}
-	waiter, err := klock.NewForConfig(&counted, klock.Config{Name: "idle", Namespace: ns, Identity: "waiter"})
+	waiter, err := klock.NewForConfig(framework.CountRequests(cp.Config, &requests), klock.Config{Name: "idle", Namespace: ns, Identity: "waiter"})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -240,10 +232,6 @@ func BenchmarkIdleWaiterRequests(b *testing.B) {
 	b.ReportMetric(perMinute, "requests/min")
 	fmt.Printf("%-28s %d requests to start waiting, then %.1f requests/min\n", "idle waiter", startup, perMinute)
 }
-
-type roundTripFunc func(*http.Request) (*http.Response, error)
-
-func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 // BenchmarkBinarySize builds klock as released and reports its size.
 func BenchmarkBinarySize(b *testing.B) {

@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 
 	"github.com/klock-io/klock/klock"
+	"github.com/klock-io/klock/test/framework"
 )
 
 // fastConfig has the short timings of the CLI tests.
@@ -273,5 +274,64 @@ func TestInteropWithClientGoLeaderElection(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatal("klock did not acquire after client-go released")
 		}
+	})
+}
+
+func TestEngineRequestCounts(t *testing.T) {
+	ns := namespace(t)
+	ctx := context.Background()
+	var n atomic.Int64
+	l := newLock(t, framework.CountRequests(cp.Config, &n), fastConfig(ns, "counted", "a"))
+
+	t.Run("a missing Lease is taken with a read and a create", func(t *testing.T) {
+		n.Store(0)
+		h, err := l.Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := n.Load(); got != 2 {
+			t.Errorf("%d requests before holding, want 2", got)
+		}
+		n.Store(0)
+		if err := h.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got := n.Load(); got != 1 {
+			t.Errorf("%d requests to release, want 1", got)
+		}
+	})
+
+	t.Run("a released Lease is taken with a read and an update", func(t *testing.T) {
+		n.Store(0)
+		h, err := l.Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := n.Load(); got != 2 {
+			t.Errorf("%d requests before holding, want 2", got)
+		}
+		_ = h.Release(ctx)
+	})
+
+	t.Run("a waiter makes no requests while the holder renews", func(t *testing.T) {
+		h, err := newLock(t, cp.Config, fastConfig(ns, "counted", "holder")).Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.Store(0)
+		wctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { _, err := l.Acquire(wctx); done <- err }()
+		// Ten renewals of the holder's (every 300ms), each seen by the waiter.
+		time.Sleep(3 * time.Second)
+		got := n.Load()
+		cancel()
+		if err := <-done; !errors.Is(err, klock.ErrHeld) {
+			t.Errorf("waiter ended with %v, want ErrHeld", err)
+		}
+		if got != 2 {
+			t.Errorf("the waiter made %d requests, want 2 (a read and a watch)", got)
+		}
+		_ = h.Release(ctx)
 	})
 }
