@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -488,5 +489,47 @@ func TestReapsOrphansAsPID1(t *testing.T) {
 	}
 	if got := readFile(t, out); got != "0" {
 		t.Errorf("%s zombies in klock's PID namespace, want 0", got)
+	}
+}
+
+// Without the watch verb a waiter falls back to reading the Lease every
+// retry period, and still gets the lock.
+func TestWaitingWithoutWatchPermission(t *testing.T) {
+	ns := namespace(t)
+	ctx := context.Background()
+	kubeconfig, _, err := cp.AddUser("no-watch")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rbac := cp.Client.RbacV1()
+	if _, err := rbac.Roles(ns).Create(ctx, &rbacv1.Role{
+		ObjectMeta: metav1.ObjectMeta{Name: "leases"},
+		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "create", "update"}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rbac.RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "leases"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: "leases"},
+		Subjects:   []rbacv1.Subject{{Kind: "User", Name: "no-watch"}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	// A 15s lease: b must notice the release by reading, not by expiry.
+	log := filepath.Join(t.TempDir(), "log")
+	a := startKlock(t, cp.Kubeconfig, []string{"-n", ns, "-l", "polled"}, probe(log, "a", "-sleep", "1s")...)
+	eventually(t, 30*time.Second, "a to start", func() bool { _, ok := find(readLog(t, log), "start", "a"); return ok })
+	b := startKlock(t, kubeconfig, []string{"-n", ns, "-l", "polled", "--retry-period", "300ms"}, probe(log, "b")...)
+	if code := a.wait(t, 30*time.Second); code != 0 {
+		t.Fatalf("a exited %d: %s", code, a.stderr.String())
+	}
+	if code := b.wait(t, 10*time.Second); code != 0 {
+		t.Fatalf("b, which may not watch, exited %d: %s", code, b.stderr.String())
+	}
+	events := readLog(t, log)
+	aEnd, _ := find(events, "end", "a")
+	if bStart, ok := find(events, "start", "b"); !ok || bStart.at.Before(aEnd.at) {
+		t.Errorf("b started at %v (ran: %v), a ended at %s", bStart.at, ok, aEnd.at)
 	}
 }
