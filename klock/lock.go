@@ -81,8 +81,9 @@ func (l *Lock) TryAcquire(ctx context.Context) (*Hold, error) {
 // Lease and tries again the moment the Lease is released, deleted or
 // expires; it does not poll. API errors are retried every RetryPeriod, but
 // if the API server has not answered once within RenewDeadline, Acquire
-// returns the error: the address or credentials are likely wrong. When ctx ends while the Lease is held by
-// somebody else the error matches ErrHeld, and wraps context.Cause(ctx).
+// returns the error: the address or credentials are likely wrong. When ctx
+// ends while the Lease is held by somebody else the error matches ErrHeld,
+// and wraps context.Cause(ctx).
 func (l *Lock) Acquire(ctx context.Context) (*Hold, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -100,8 +101,8 @@ func (l *Lock) Acquire(ctx context.Context) (*Hold, error) {
 		// deadline is taken as a wrong address or credentials, not a blip.
 		answered  bool
 		unreached = time.Now()
-		expiry  = time.NewTimer(0)
-		resync  = time.NewTicker(resyncPeriod)
+		expiry    = time.NewTimer(0)
+		resync    = time.NewTicker(resyncPeriod)
 	)
 	defer expiry.Stop()
 	defer resync.Stop()
@@ -327,21 +328,24 @@ type leaseWatch struct {
 	name      string
 	w         watch.Interface // nil when none runs
 	lastEvent time.Time
+	forbidden bool // RBAC grants no watch: do not ask again
 }
 
 // follow starts watching from lease's resourceVersion unless a watch runs, so
 // that nothing written after that read is missed. A failure leaves w.w nil.
 func (w *leaseWatch) follow(ctx context.Context, lease *coordinationv1.Lease) {
-	if w.w != nil {
+	if w.w != nil || w.forbidden {
 		return
 	}
 	opts := metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("metadata.name", w.name).String()}
 	if lease != nil {
 		opts.ResourceVersion = lease.ResourceVersion
 	}
-	if wi, err := w.leases.Watch(ctx, opts); err == nil {
+	wi, err := w.leases.Watch(ctx, opts)
+	if err == nil {
 		w.w = wi
 	}
+	w.forbidden = apierrors.IsForbidden(err)
 	w.lastEvent = time.Now()
 }
 

@@ -52,7 +52,7 @@ type RunFunc func(ctx context.Context, o *Options, s Streams) error
 func Execute(ctx context.Context, args []string, s Streams, run RunFunc) error {
 	o := NewOptions()
 	fs := pflag.NewFlagSet("klock", pflag.ContinueOnError)
-	fs.SetOutput(io.Discard) // errors are returned, and printed once by Exit
+	fs.SetOutput(io.Discard)  // errors are returned, and printed once by Exit
 	fs.SetInterspersed(false) // the first argument that is no flag starts the command
 	fs.SortFlags = false
 	o.AddFlags(fs)

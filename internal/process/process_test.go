@@ -129,4 +129,3 @@ func TestCancelSendsStopSignalThenKill(t *testing.T) {
 		}
 	})
 }
-
