@@ -49,9 +49,13 @@ type Config struct {
 	// gives the Lease up as lost. It must be shorter than LeaseDuration, so
 	// that the loss is reported before anybody else can take the Lease.
 	RenewDeadline time.Duration
-	// RetryPeriod is the interval between renewals, and between retries
-	// after an API error.
+	// RetryPeriod is the interval between retries after an API error, and
+	// between reads of the Lease when it cannot be watched.
 	RetryPeriod time.Duration
+	// RenewInterval is the interval between renewals; defaults to
+	// RetryPeriod, as in client-go. It must be below RenewDeadline, so that
+	// a holder tries to renew more than once before it gives up.
+	RenewInterval time.Duration
 
 	// Labels are put on the Lease when it is created or acquired, next to
 	// app.kubernetes.io/managed-by=klock, which is always set on creation.
@@ -100,6 +104,9 @@ func (c Config) complete() (Config, error) {
 	if c.RetryPeriod == 0 {
 		c.RetryPeriod = DefaultRetryPeriod
 	}
+	if c.RenewInterval == 0 {
+		c.RenewInterval = c.RetryPeriod
+	}
 	if c.Logger.GetSink() == nil {
 		c.Logger = logr.Discard()
 	}
@@ -121,6 +128,9 @@ func (c Config) complete() (Config, error) {
 	}
 	if c.RetryPeriod <= 0 || c.RetryPeriod >= c.RenewDeadline {
 		return c, fmt.Errorf("invalid retry period %s: must be above 0 and below the renew deadline %s, so that a holder tries to renew more than once", c.RetryPeriod, c.RenewDeadline)
+	}
+	if c.RenewInterval <= 0 || c.RenewInterval >= c.RenewDeadline {
+		return c, fmt.Errorf("invalid renew interval %s: must be above 0 and below the renew deadline %s, so that a holder tries to renew more than once", c.RenewInterval, c.RenewDeadline)
 	}
 	for k, v := range c.Labels {
 		if k == ManagedByLabel {

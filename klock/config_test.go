@@ -12,7 +12,7 @@ func TestConfigComplete(t *testing.T) {
 		t.Fatal(err)
 	}
 	if got.Namespace != "default" || got.Identity == "" || got.LeaseDuration != DefaultLeaseDuration ||
-		got.RenewDeadline != DefaultRenewDeadline || got.RetryPeriod != DefaultRetryPeriod {
+		got.RenewDeadline != DefaultRenewDeadline || got.RetryPeriod != DefaultRetryPeriod || got.RenewInterval != DefaultRetryPeriod {
 		t.Errorf("defaults not filled in: %+v", got)
 	}
 	if a, b := DefaultIdentity(), DefaultIdentity(); a == b {
@@ -30,6 +30,7 @@ func TestConfigComplete(t *testing.T) {
 		{name: "fractional duration", cfg: Config{Name: "x", LeaseDuration: 2500 * time.Millisecond}, want: "whole number of seconds"},
 		{name: "renew deadline too long", cfg: Config{Name: "x", RenewDeadline: 15 * time.Second}, want: "below the lease duration 15s"},
 		{name: "retry period too long", cfg: Config{Name: "x", RetryPeriod: 10 * time.Second}, want: "below the renew deadline 10s"},
+		{name: "renew interval too long", cfg: Config{Name: "x", RenewInterval: 10 * time.Second}, want: "invalid renew interval 10s"},
 		{name: "reserved label", cfg: Config{Name: "x", Labels: map[string]string{ManagedByLabel: "me"}}, want: "reserved"},
 		{name: "bad label key", cfg: Config{Name: "x", Labels: map[string]string{"a b": "c"}}, want: `invalid label key "a b"`},
 		{name: "bad label value", cfg: Config{Name: "x", Labels: map[string]string{"a": "b c"}}, want: `invalid value "b c" for label a`},

@@ -94,7 +94,7 @@ func (h *Hold) renewLoop(ctx context.Context, lastRenew time.Time) {
 	defer close(h.done)
 	cfg := &h.lock.cfg
 	log := h.lock.log
-	timer := time.NewTimer(cfg.RetryPeriod)
+	timer := time.NewTimer(cfg.RenewInterval)
 	defer timer.Stop()
 	for {
 		select {
@@ -139,7 +139,7 @@ func (h *Hold) renewLoop(ctx context.Context, lastRenew time.Time) {
 			case <-pause.C:
 			}
 		}
-		timer.Reset(cfg.RetryPeriod)
+		timer.Reset(cfg.RenewInterval)
 	}
 }
 
