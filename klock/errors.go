@@ -39,10 +39,16 @@ func (e *HeldError) Error() string {
 func (e *HeldError) Is(target error) bool { return target == ErrHeld }
 func (e *HeldError) Unwrap() error        { return e.Cause }
 
-// permanent tells API errors that retrying cannot fix (no permission, no
+// permanentError marks an error that retrying cannot fix.
+type permanentError struct{ error }
+
+func (e permanentError) Unwrap() error { return e.error }
+
+// permanent tells errors that retrying cannot fix (no permission, no
 // namespace, a request the server rejects) from passing ones.
 func permanent(err error) bool {
-	return apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err) ||
+	var p permanentError
+	return errors.As(err, &p) || apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err) ||
 		apierrors.IsNotFound(err) || apierrors.IsBadRequest(err) ||
 		apierrors.IsInvalid(err) || apierrors.IsMethodNotSupported(err)
 }

@@ -21,8 +21,12 @@ type Hold struct {
 	token     uint64
 	reentrant bool
 
-	mu    sync.Mutex
-	lease *coordinationv1.Lease // as last written by this Hold
+	mu        sync.Mutex
+	lease     *coordinationv1.Lease // as last written by this Hold
+	attempted *metav1.MicroTime     // renewTime of this Hold's last write, answered or not
+	// shared is set once another process under the same identity is seen
+	// writing the Lease: then Release leaves it to that process.
+	shared bool
 
 	lost   chan struct{}
 	err    error // why the Lease was lost; set before lost is closed
@@ -94,7 +98,10 @@ func (h *Hold) renewLoop(ctx context.Context, lastRenew time.Time) {
 	defer close(h.done)
 	cfg := &h.lock.cfg
 	log := h.lock.log
-	timer := time.NewTimer(cfg.RenewInterval)
+	// Renewals are due RenewInterval after the last successful one was
+	// sent, however long its answer took, so that the next one always
+	// starts before the renew deadline.
+	timer := time.NewTimer(time.Until(lastRenew.Add(cfg.RenewInterval)))
 	defer timer.Stop()
 	for {
 		select {
@@ -139,7 +146,7 @@ func (h *Hold) renewLoop(ctx context.Context, lastRenew time.Time) {
 			case <-pause.C:
 			}
 		}
-		timer.Reset(cfg.RenewInterval)
+		timer.Reset(time.Until(lastRenew.Add(cfg.RenewInterval)))
 	}
 }
 
@@ -151,21 +158,19 @@ func (h *Hold) fail(err error) {
 
 // renew writes a new renewTime, conditionally on the resourceVersion last
 // written. After a conflict it re-reads: if this identity still holds the
-// Lease (another process sharing the identity renewed it), it tries again;
-// otherwise the Lease is lost.
+// Lease, it tries again; otherwise the Lease is lost.
 func (h *Hold) renew(ctx context.Context, now time.Time) error {
 	h.mu.Lock()
+	defer h.mu.Unlock()
 	cur := h.lease
-	h.mu.Unlock()
 	for {
 		next := cur.DeepCopy()
 		ts := metav1.NewMicroTime(now)
 		next.Spec.RenewTime = &ts
+		h.attempted = &ts
 		written, err := h.lock.leases.Update(ctx, next, metav1.UpdateOptions{})
 		if err == nil {
-			h.mu.Lock()
 			h.lease = written
-			h.mu.Unlock()
 			return nil
 		}
 		if !apierrors.IsConflict(err) && !apierrors.IsNotFound(err) {
@@ -174,12 +179,14 @@ func (h *Hold) renew(ctx context.Context, now time.Time) error {
 		if cur, err = h.stillOurs(ctx); err != nil {
 			return err
 		}
-		h.lock.log.V(1).Info("Lease changed under the same identity; renewing again")
+		h.lock.log.V(1).Info("Lease changed under the same identity; renewing again", "shared", h.shared)
 	}
 }
 
 // stillOurs re-reads the Lease after a conflict and returns it if this
-// identity still holds it, and an error matching ErrLost if not.
+// identity still holds it, and an error matching ErrLost if not. A renewTime
+// this Hold did not write means another process shares the identity.
+// Callers hold h.mu.
 func (h *Hold) stillOurs(ctx context.Context) (*coordinationv1.Lease, error) {
 	cfg := &h.lock.cfg
 	cur, err := h.lock.leases.Get(ctx, cfg.Name, metav1.GetOptions{})
@@ -192,16 +199,26 @@ func (h *Hold) stillOurs(ctx context.Context) (*coordinationv1.Lease, error) {
 	if holder := recordOf(cur).holder; holder != cfg.Identity {
 		return nil, fmt.Errorf("%w: lease %s/%s is now held by %q", ErrLost, cfg.Namespace, cfg.Name, holder)
 	}
+	if !sameTime(cur.Spec.RenewTime, h.attempted) && !sameTime(cur.Spec.RenewTime, h.lease.Spec.RenewTime) {
+		h.shared = true
+	}
 	return cur, nil
 }
 
 // giveBack clears the holder the way client-go's leader election releases
 // (holder empty, duration 1s, transitions kept), or deletes the Lease,
-// conditionally on what this Hold last wrote.
+// conditionally on what this Hold last wrote. A Lease shared with another
+// process under the same identity is left to that process.
 func (h *Hold) giveBack(ctx context.Context) error {
 	cfg := &h.lock.cfg
-	cur := h.lease
-	for {
+	verb := "release"
+	if cfg.DeleteOnRelease {
+		verb = "delete"
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for !h.shared {
+		cur := h.lease
 		var err error
 		if cfg.DeleteOnRelease {
 			uid, rv := cur.UID, cur.ResourceVersion
@@ -223,13 +240,19 @@ func (h *Hold) giveBack(ctx context.Context) error {
 		case apierrors.IsNotFound(err):
 			return nil
 		case !apierrors.IsConflict(err):
-			return describe(err, cfg, map[bool]string{true: "delete", false: "release"}[cfg.DeleteOnRelease])
+			return describe(err, cfg, verb)
 		}
-		if cur, err = h.stillOurs(ctx); err != nil {
-			if errors.Is(err, ErrLost) {
-				return nil // somebody else holds it now: nothing to give back
-			}
-			return err
+		// If nobody shares the identity, only a write of this Hold's whose
+		// answer was lost explains a conflict with a Lease still ours.
+		lease, err := h.stillOurs(ctx)
+		if errors.Is(err, ErrLost) {
+			return nil // somebody else holds it now: nothing to give back
 		}
+		if err != nil {
+			return describe(err, cfg, verb)
+		}
+		h.lease = lease
 	}
+	h.lock.log.V(1).Info("Leaving the lease to the other holder under the same identity")
+	return nil
 }

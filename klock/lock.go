@@ -29,9 +29,10 @@ type Lock struct {
 	leases LeaseClient
 	log    logr.Logger
 
-	mu     sync.Mutex // serializes acquisitions; guards obs
-	obs    observation
-	active atomic.Pointer[Hold]
+	mu        sync.Mutex // serializes acquisitions; guards obs and lastWrite
+	obs       observation
+	lastWrite *metav1.MicroTime // renewTime of this Lock's last acquisition write
+	active    atomic.Pointer[Hold]
 }
 
 // New returns a Lock for the Lease cfg names. leases must be the Leases of
@@ -57,14 +58,16 @@ func (l *Lock) Config() Config { return l.cfg }
 // Lease is held by somebody else the error matches ErrHeld and is a
 // *HeldError.
 func (l *Lock) TryAcquire(ctx context.Context) (*Hold, error) {
-	l.mu.Lock()
+	if !l.mu.TryLock() {
+		return nil, fmt.Errorf("lease %s/%s: an acquisition through this Lock is already under way", l.cfg.Namespace, l.cfg.Name)
+	}
 	defer l.mu.Unlock()
 	if err := l.checkIdle(); err != nil {
 		return nil, err
 	}
 	// A conflict means another contender wrote between our read and our
-	// write; read once more so the answer names the winner.
-	for range 2 {
+	// write: read again and decide anew, a bounded number of times.
+	for range 3 {
 		lease, err := l.get(ctx)
 		if err != nil {
 			return nil, err
@@ -74,7 +77,7 @@ func (l *Lock) TryAcquire(ctx context.Context) (*Hold, error) {
 			return h, err
 		}
 	}
-	return nil, l.heldError(nil)
+	return nil, fmt.Errorf("lease %s/%s changed between every read and write: it is heavily contended, try again", l.cfg.Namespace, l.cfg.Name)
 }
 
 // Acquire blocks until it holds the Lease or ctx ends. It watches the one
@@ -95,8 +98,9 @@ func (l *Lock) Acquire(ctx context.Context) (*Hold, error) {
 	defer w.reset()
 	var (
 		lease   *coordinationv1.Lease
-		current bool  // lease is the latest state known, fit to act on
-		lastErr error // why the last attempt failed, when it was no conflict
+		current bool       // lease is the latest state known, fit to act on
+		held    *HeldError // the last time the Lease was found held
+		lastErr error      // the last other failure
 		// Until the API server has answered once, failing for a renew
 		// deadline is taken as a wrong address or credentials, not a blip.
 		answered  bool
@@ -125,8 +129,8 @@ func (l *Lock) Acquire(ctx context.Context) (*Hold, error) {
 			switch {
 			case err == nil:
 				return h, nil
-			case errors.Is(err, ErrHeld):
-				lastErr, wait = err, time.Until(l.obs.expiry())
+			case errors.As(err, &held):
+				lastErr, wait = nil, time.Until(l.obs.expiry())
 				l.log.V(1).Info("Lease is held; waiting", "holder", l.obs.record.holder, "expires", l.obs.expiry().Format(time.RFC3339Nano))
 			case errors.Is(err, errConflict):
 				current = false // somebody else won this round: see who
@@ -156,7 +160,11 @@ func (l *Lock) Acquire(ctx context.Context) (*Hold, error) {
 			switch {
 			case !ok || ev.Type == watch.Error:
 				// Closed by the server, or typically 410 Gone: the watch
-				// fell too far behind. Read again and watch from there.
+				// fell too far behind. Read again and watch from there,
+				// after a pause if watches keep ending at once.
+				if time.Since(w.started) < l.cfg.RetryPeriod {
+					sleep(ctx, l.cfg.RetryPeriod)
+				}
 				w.reset()
 				current = false
 			case ev.Type == watch.Deleted:
@@ -180,8 +188,7 @@ func (l *Lock) Acquire(ctx context.Context) (*Hold, error) {
 		case <-ctx.Done():
 			// The cause says why, e.g. a wait limit the caller set.
 			cause := context.Cause(ctx)
-			var held *HeldError
-			if errors.As(lastErr, &held) {
+			if held != nil {
 				held.Cause = cause
 				return nil, held
 			}
@@ -225,6 +232,8 @@ func (l *Lock) checkIdle() error {
 
 // get reads the Lease; a missing Lease is (nil, nil).
 func (l *Lock) get(ctx context.Context) (*coordinationv1.Lease, error) {
+	ctx, cancel := context.WithTimeout(ctx, l.cfg.RenewDeadline)
+	defer cancel()
 	lease, err := l.leases.Get(ctx, l.cfg.Name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return nil, nil
@@ -255,7 +264,15 @@ func (l *Lock) attempt(ctx context.Context, lease *coordinationv1.Lease) (*Hold,
 		return nil, fmt.Errorf("lease %s/%s does not exist and creating it is disabled: create it first", l.cfg.Namespace, l.cfg.Name)
 	}
 
+	// An acquisition that commits but whose answer is lost looks, when read
+	// back, like our identity holding the Lease: tell it from a re-entrant
+	// acquisition by the renewTime this Lock wrote.
+	reentrant := st == stateOurs && !sameTime(lease.Spec.RenewTime, l.lastWrite)
 	desired := l.acquisition(lease, st, now)
+	l.lastWrite = desired.Spec.RenewTime
+	// Bounded by the renew deadline, which the Hold counts from now.
+	wctx, cancel := context.WithTimeout(ctx, l.cfg.RenewDeadline)
+	defer cancel()
 	var (
 		written *coordinationv1.Lease
 		err     error
@@ -263,26 +280,42 @@ func (l *Lock) attempt(ctx context.Context, lease *coordinationv1.Lease) (*Hold,
 	)
 	if st == stateMissing {
 		verb = "create"
-		written, err = l.leases.Create(ctx, desired, metav1.CreateOptions{})
+		written, err = l.leases.Create(wctx, desired, metav1.CreateOptions{})
 	} else {
-		written, err = l.leases.Update(ctx, desired, metav1.UpdateOptions{})
+		written, err = l.leases.Update(wctx, desired, metav1.UpdateOptions{})
 	}
 	switch {
-	case apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err):
+	case apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) || apierrors.IsNotFound(err) && verb == "update":
+		// Changed or deleted since it was read.
 		return nil, errConflict
 	case err != nil:
 		return nil, describe(err, &l.cfg, verb)
 	}
 	l.obs.observe(written, now)
+	h := newHold(l, written, 0, reentrant, now)
 	token, err := strconv.ParseUint(written.ResourceVersion, 10, 64)
 	if err != nil {
 		// Kubernetes 1.35 and later promise integer resource versions.
-		err = fmt.Errorf("the API server returned resourceVersion %q, not an integer, so no fencing token can be derived (Kubernetes 1.35 or later is required)", written.ResourceVersion)
-		h := newHold(l, written, 0, st == stateOurs, now)
+		err = permanentError{fmt.Errorf("the API server returned resourceVersion %q, not an integer, so no fencing token can be derived (Kubernetes 1.35 or later is required)", written.ResourceVersion)}
 		return nil, errors.Join(err, h.Release(ctx))
 	}
-	l.log.V(1).Info("Acquired lease", "token", token, "reentrant", st == stateOurs)
-	return newHold(l, written, token, st == stateOurs, now), nil
+	h.token = token
+	l.log.V(1).Info("Acquired lease", "token", token, "reentrant", reentrant)
+	return h, nil
+}
+
+func sameTime(a, b *metav1.MicroTime) bool {
+	return a != nil && b != nil && a.Equal(b)
+}
+
+// sleep waits for d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
 }
 
 // acquisition is the Lease as this identity takes it: the record client-go's
@@ -327,6 +360,7 @@ type leaseWatch struct {
 	leases    LeaseClient
 	name      string
 	w         watch.Interface // nil when none runs
+	started   time.Time
 	lastEvent time.Time
 	forbidden bool // RBAC grants no watch: do not ask again
 }
@@ -346,7 +380,7 @@ func (w *leaseWatch) follow(ctx context.Context, lease *coordinationv1.Lease) {
 		w.w = wi
 	}
 	w.forbidden = apierrors.IsForbidden(err)
-	w.lastEvent = time.Now()
+	w.started, w.lastEvent = time.Now(), time.Now()
 }
 
 // events is nil, which blocks forever in a select, when no watch runs.

@@ -89,6 +89,8 @@ func TestBadFlags(t *testing.T) {
 		{args: []string{"--nonblock", "-w", "1s", "--", "x"}, want: "contradict"},
 		{args: []string{"-w", "-1s", "--", "x"}, want: "not a duration"},
 		{args: []string{"-w", "-3", "--", "x"}, want: "out of range"},
+		{args: []string{"-k", "NaN", "--", "x"}, want: "out of range"},
+		{args: []string{"-w", "Inf", "--", "x"}, want: "out of range"},
 		{args: []string{"-s", "0", "--", "x"}, want: "out of range"},
 		{args: []string{"-s", "SIGFOO", "--", "x"}, want: `unknown signal "SIGFOO": give a number or one of`},
 		{args: []string{"--labels", "=v", "--", "x"}, want: "not key=value"},

@@ -29,6 +29,8 @@ const (
 	EnvFencingToken   = "KLOCK_FENCING_TOKEN"
 )
 
+var commandEnv = []string{EnvLease, EnvLeaseNamespace, EnvHolderIdentity, EnvFencingToken}
+
 // serviceAccountNamespaceFile is where a pod finds its own namespace.
 var serviceAccountNamespaceFile = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/go-logr/logr"
@@ -45,7 +47,13 @@ func Run(ctx context.Context, o *Options, s Streams) error {
 		return err
 	}
 
-	env := append(os.Environ(),
+	// Drop what an enclosing klock set, so that a nested run's command sees
+	// its own lease: getenv returns the first of duplicate keys.
+	env := slices.DeleteFunc(os.Environ(), func(kv string) bool {
+		k, _, _ := strings.Cut(kv, "=")
+		return slices.Contains(commandEnv, k)
+	})
+	env = append(env,
 		EnvLease+"="+cfg.Name,
 		EnvLeaseNamespace+"="+cfg.Namespace,
 		EnvHolderIdentity+"="+cfg.Identity,
@@ -114,7 +122,9 @@ func acquire(ctx context.Context, o *Options, lock *klock.Lock, sigs <-chan os.S
 		cancel()
 		if r = <-done; r.hold != nil {
 			// The lock came in the same instant; give it straight back.
-			_ = r.hold.Release(context.WithoutCancel(ctx))
+			relCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lock.Config().RenewDeadline)
+			defer cancel()
+			_ = r.hold.Release(relCtx)
 		}
 		n, _ := sig.(syscall.Signal)
 		return nil, &ExitError{Code: 128 + int(n)}

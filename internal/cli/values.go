@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -28,7 +29,7 @@ func (v durationValue) Set(s string) error {
 
 func parseDuration(s string) (time.Duration, error) {
 	if secs, err := strconv.ParseFloat(s, 64); err == nil {
-		if secs < 0 || secs > float64(1<<62)/float64(time.Second) {
+		if math.IsNaN(secs) || secs < 0 || secs > float64(1<<62)/float64(time.Second) {
 			return 0, fmt.Errorf("%q is out of range: give a duration such as 30s, 5m or 1h30m, or a number of seconds", s)
 		}
 		return time.Duration(secs * float64(time.Second)), nil

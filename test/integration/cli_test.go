@@ -392,22 +392,56 @@ func TestNamespaceAndIdentity(t *testing.T) {
 	}
 }
 
-func TestSameIdentityIsReentrant(t *testing.T) {
+func TestSameIdentityIsShared(t *testing.T) {
 	ns := namespace(t)
 	log := filepath.Join(t.TempDir(), "log")
-	args := []string{"-n", ns, "-l", "shared", "-i", "same"}
+	args := append([]string{"-n", ns, "-l", "shared", "-i", "same"}, fast...)
 	a := startKlock(t, cp.Kubeconfig, args, probe(log, "a", "-sleep", "1h", "-trap")...)
 	eventually(t, 30*time.Second, "a to start", func() bool { _, ok := find(readLog(t, log), "start", "a"); return ok })
-	b := startKlock(t, cp.Kubeconfig, append(args, "--nonblock"), probe(log, "b")...)
-	if code := b.wait(t, 30*time.Second); code != 0 {
-		t.Fatalf("b, sharing a's identity, exited %d; stderr: %s", code, b.stderr.String())
-	}
-	// b took the lock re-entrantly, so it left it to a.
-	if got := holder(getLease(t, ns, "shared")); got != "same" {
-		t.Errorf("holder after b = %q, want a's %q", got, "same")
-	}
+
+	// b shares a's identity: it gets the lock at once.
+	b := startKlock(t, cp.Kubeconfig, append(args, "--nonblock"), probe(log, "b", "-sleep", "3s")...)
+	eventually(t, 30*time.Second, "b to start", func() bool { _, ok := find(readLog(t, log), "start", "b"); return ok })
+
+	// a leaves first; the lock stays with b, which still runs.
 	a.signal(t, syscall.SIGTERM)
 	_ = a.wait(t, 10*time.Second)
+	if got := holder(getLease(t, ns, "shared")); got != "same" {
+		t.Errorf("holder after a left = %q, want %q (b still runs)", got, "same")
+	}
+	other := append([]string{"-n", ns, "-l", "shared"}, fast...)
+	c := startKlock(t, cp.Kubeconfig, append(other, "--nonblock", "-E", "9"), probe(log, "c")...)
+	if code := c.wait(t, 30*time.Second); code != 9 {
+		t.Fatalf("c got the lock while b held it (exit %d); stderr: %s", code, c.stderr.String())
+	}
+	if code := b.wait(t, 30*time.Second); code != 0 {
+		t.Fatalf("b exited %d: %s", code, b.stderr.String())
+	}
+	// Nobody releases a shared lock: it frees itself a lease duration later.
+	d := startKlock(t, cp.Kubeconfig, other, probe(log, "d")...)
+	if code := d.wait(t, 30*time.Second); code != 0 {
+		t.Fatalf("d exited %d: %s", code, d.stderr.String())
+	}
+	events := readLog(t, log)
+	bEnd, _ := find(events, "end", "b")
+	dStart, _ := find(events, "start", "d")
+	if dStart.at.Before(bEnd.at) {
+		t.Errorf("d started at %s, while b still ran (until %s)", dStart.at, bEnd.at)
+	}
+}
+
+func TestNestedKlockGivesTheInnerLease(t *testing.T) {
+	ns := namespace(t)
+	log := filepath.Join(t.TempDir(), "log")
+	inner := append([]string{klockBin, "--kubeconfig", cp.Kubeconfig, "-n", ns, "-l", "inner", "--"}, probe(log, "p")...)
+	k := startKlock(t, cp.Kubeconfig, []string{"-n", ns, "-l", "outer"}, inner...)
+	if code := k.wait(t, 30*time.Second); code != 0 {
+		t.Fatalf("exit code %d; stderr: %s", code, k.stderr.String())
+	}
+	start, _ := find(readLog(t, log), "start", "p")
+	if lease := start.fields[2]; lease != "inner" {
+		t.Errorf("the inner command saw KLOCK_LEASE=%s, want inner", lease)
+	}
 }
 
 func TestPermissionDeniedSaysWhatToGrant(t *testing.T) {
