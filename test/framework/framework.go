@@ -158,3 +158,34 @@ func BuildBinaries(dir string) (Binaries, error) {
 	b.Probe, err = Build(dir, "github.com/klock-io/klock/test/internal/probe")
 	return b, err
 }
+
+// Env is a running control plane and the binaries to run against it.
+type Env struct {
+	*ControlPlane
+	Binaries
+	dir string
+}
+
+// Setup builds the binaries and starts the control plane, for a TestMain.
+func Setup() (*Env, error) {
+	dir, err := os.MkdirTemp("", "klock-bin-")
+	if err != nil {
+		return nil, err
+	}
+	e := &Env{dir: dir}
+	if e.Binaries, err = BuildBinaries(dir); err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, err
+	}
+	if e.ControlPlane, err = Start(); err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, err
+	}
+	return e, nil
+}
+
+// Teardown stops the control plane and removes the binaries.
+func (e *Env) Teardown() {
+	_ = e.Stop()
+	_ = os.RemoveAll(e.dir)
+}

@@ -84,7 +84,7 @@ func TestReleaseHandsOverAtOnce(t *testing.T) {
 	// The default 15s lease: if the first run did not release, the second
 	// could only start 15s after the first one's last renewal.
 	a := startKlock(t, cp.Kubeconfig, []string{"-n", ns, "-l", "handoff"}, probe(log, "a", "-sleep", "500ms")...)
-	eventually(t, 30*time.Second, "a to start", func() bool { _, ok := find(readLog(t, log), "start", "a"); return ok })
+	waitStarted(t, log, "a")
 	b := startKlock(t, cp.Kubeconfig, []string{"-n", ns, "-l", "handoff"}, probe(log, "b")...)
 	if code := a.wait(t, 30*time.Second); code != 0 {
 		t.Fatalf("a exited %d: %s", code, a.stderr.String())
@@ -92,12 +92,7 @@ func TestReleaseHandsOverAtOnce(t *testing.T) {
 	if code := b.wait(t, 10*time.Second); code != 0 {
 		t.Fatalf("b exited %d: %s", code, b.stderr.String())
 	}
-	events := readLog(t, log)
-	aEnd, _ := find(events, "end", "a")
-	bStart, _ := find(events, "start", "b")
-	if bStart.at.Before(aEnd.at) {
-		t.Errorf("b started at %s, before a ended at %s", bStart.at, aEnd.at)
-	}
+	assertAfter(t, log, "a", "b")
 }
 
 func TestTakeoverAfterHolderIsKilled(t *testing.T) {
@@ -106,7 +101,7 @@ func TestTakeoverAfterHolderIsKilled(t *testing.T) {
 	log, pidFile := filepath.Join(dir, "log"), filepath.Join(dir, "pid")
 	args := append([]string{"-n", ns, "-l", "takeover"}, fast...)
 	a := startKlock(t, cp.Kubeconfig, args, probe(log, "a", "-sleep", "1h", "-pid", pidFile)...)
-	eventually(t, 30*time.Second, "a to start", func() bool { _, ok := find(readLog(t, log), "start", "a"); return ok })
+	waitStarted(t, log, "a")
 	b := startKlock(t, cp.Kubeconfig, args, probe(log, "b")...)
 	time.Sleep(500 * time.Millisecond) // let b start watching
 
@@ -148,7 +143,7 @@ func TestRenewFailureStopsCommandBeforeLeaseExpires(t *testing.T) {
 	}
 	args := append([]string{"-n", ns, "-l", "renew"}, fast...)
 	a := startKlock(t, proxy.kubeconfig, args, probe(log, "a", "-sleep", "1h", "-trap")...)
-	eventually(t, 30*time.Second, "a to start", func() bool { _, ok := find(readLog(t, log), "start", "a"); return ok })
+	waitStarted(t, log, "a")
 	b := startKlock(t, cp.Kubeconfig, args, probe(log, "b")...)
 	time.Sleep(500 * time.Millisecond)
 
@@ -167,11 +162,7 @@ func TestRenewFailureStopsCommandBeforeLeaseExpires(t *testing.T) {
 	if !ok || sig.fields[0] != "terminated" {
 		t.Fatalf("a's command was not sent SIGTERM: %+v", events)
 	}
-	aEnd, _ := find(events, "end", "a")
-	bStart, _ := find(events, "start", "b")
-	if !aEnd.at.Before(bStart.at) {
-		t.Errorf("b started at %s, before a's command stopped at %s", bStart.at, aEnd.at)
-	}
+	assertAfter(t, log, "a", "b")
 }
 
 func TestSignalsAndExitCodes(t *testing.T) {
@@ -199,7 +190,7 @@ func TestSignalsAndExitCodes(t *testing.T) {
 			log := filepath.Join(t.TempDir(), "log")
 			k := startKlock(t, cp.Kubeconfig, []string{"-n", ns, "-l", "signals"}, probe(log, "p", tc.command...)...)
 			if tc.signal != 0 {
-				eventually(t, 30*time.Second, "the command to start", func() bool { _, ok := find(readLog(t, log), "start", "p"); return ok })
+				waitStarted(t, log, "p")
 				time.Sleep(100 * time.Millisecond) // let the probe install its handler
 				k.signal(t, tc.signal)
 			}
@@ -233,7 +224,7 @@ func TestSignalsAndExitCodes(t *testing.T) {
 	t.Run("a signal while waiting ends the wait without running the command", func(t *testing.T) {
 		log := filepath.Join(t.TempDir(), "log")
 		a := startKlock(t, cp.Kubeconfig, []string{"-n", ns, "-l", "waiting"}, probe(log, "a", "-sleep", "1h")...)
-		eventually(t, 30*time.Second, "a to start", func() bool { _, ok := find(readLog(t, log), "start", "a"); return ok })
+		waitStarted(t, log, "a")
 		b := startKlock(t, cp.Kubeconfig, []string{"-n", ns, "-l", "waiting"}, probe(log, "b")...)
 		time.Sleep(300 * time.Millisecond)
 		b.signal(t, syscall.SIGTERM)
@@ -252,7 +243,7 @@ func TestWaitLimitAndConflictExitCode(t *testing.T) {
 	ns := namespace(t)
 	log := filepath.Join(t.TempDir(), "log")
 	a := startKlock(t, cp.Kubeconfig, []string{"-n", ns, "-l", "busy", "-i", "the-holder"}, probe(log, "a", "-sleep", "1h", "-trap")...)
-	eventually(t, 30*time.Second, "a to start", func() bool { _, ok := find(readLog(t, log), "start", "a"); return ok })
+	waitStarted(t, log, "a")
 
 	for _, tc := range []struct {
 		name string
@@ -397,11 +388,11 @@ func TestSameIdentityIsShared(t *testing.T) {
 	log := filepath.Join(t.TempDir(), "log")
 	args := append([]string{"-n", ns, "-l", "shared", "-i", "same"}, fast...)
 	a := startKlock(t, cp.Kubeconfig, args, probe(log, "a", "-sleep", "1h", "-trap")...)
-	eventually(t, 30*time.Second, "a to start", func() bool { _, ok := find(readLog(t, log), "start", "a"); return ok })
+	waitStarted(t, log, "a")
 
 	// b shares a's identity: it gets the lock at once.
 	b := startKlock(t, cp.Kubeconfig, append(args, "--nonblock"), probe(log, "b", "-sleep", "3s")...)
-	eventually(t, 30*time.Second, "b to start", func() bool { _, ok := find(readLog(t, log), "start", "b"); return ok })
+	waitStarted(t, log, "b")
 
 	// a leaves first; the lock stays with b, which still runs.
 	a.signal(t, syscall.SIGTERM)
@@ -422,12 +413,7 @@ func TestSameIdentityIsShared(t *testing.T) {
 	if code := d.wait(t, 30*time.Second); code != 0 {
 		t.Fatalf("d exited %d: %s", code, d.stderr.String())
 	}
-	events := readLog(t, log)
-	bEnd, _ := find(events, "end", "b")
-	dStart, _ := find(events, "start", "d")
-	if dStart.at.Before(bEnd.at) {
-		t.Errorf("d started at %s, while b still ran (until %s)", dStart.at, bEnd.at)
-	}
+	assertAfter(t, log, "b", "d")
 }
 
 func TestNestedKlockGivesTheInnerLease(t *testing.T) {
@@ -553,7 +539,7 @@ func TestWaitingWithoutWatchPermission(t *testing.T) {
 	// A 15s lease: b must notice the release by reading, not by expiry.
 	log := filepath.Join(t.TempDir(), "log")
 	a := startKlock(t, cp.Kubeconfig, []string{"-n", ns, "-l", "polled"}, probe(log, "a", "-sleep", "1s")...)
-	eventually(t, 30*time.Second, "a to start", func() bool { _, ok := find(readLog(t, log), "start", "a"); return ok })
+	waitStarted(t, log, "a")
 	b := startKlock(t, kubeconfig, []string{"-n", ns, "-l", "polled", "--retry-period", "300ms"}, probe(log, "b")...)
 	if code := a.wait(t, 30*time.Second); code != 0 {
 		t.Fatalf("a exited %d: %s", code, a.stderr.String())
@@ -561,9 +547,5 @@ func TestWaitingWithoutWatchPermission(t *testing.T) {
 	if code := b.wait(t, 10*time.Second); code != 0 {
 		t.Fatalf("b, which may not watch, exited %d: %s", code, b.stderr.String())
 	}
-	events := readLog(t, log)
-	aEnd, _ := find(events, "end", "a")
-	if bStart, ok := find(events, "start", "b"); !ok || bStart.at.Before(aEnd.at) {
-		t.Errorf("b started at %v (ran: %v), a ended at %s", bStart.at, ok, aEnd.at)
-	}
+	assertAfter(t, log, "a", "b")
 }

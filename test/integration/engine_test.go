@@ -34,6 +34,32 @@ func newLock(t *testing.T, config *rest.Config, cfg klock.Config) *klock.Lock {
 	return l
 }
 
+// acquireAndRelease acquires l in the background and releases at once.
+func acquireAndRelease(ctx context.Context, l *klock.Lock) <-chan error {
+	got := make(chan error, 1)
+	go func() {
+		h, err := l.Acquire(ctx)
+		if err == nil {
+			err = h.Release(ctx)
+		}
+		got <- err
+	}()
+	return got
+}
+
+// awaitNil waits for a nil error from got.
+func awaitNil(t *testing.T, got <-chan error, what string) {
+	t.Helper()
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s: not within 10s", what)
+	}
+}
+
 func TestEngineRunExcludesGoroutines(t *testing.T) {
 	ns := namespace(t)
 	var inside, maxInside, runs atomic.Int32
@@ -107,14 +133,7 @@ func TestEngineWaiterWakesOnRelease(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := make(chan error, 1)
-	go func() {
-		h2, err := b.Acquire(ctx)
-		if err == nil {
-			err = h2.Release(ctx)
-		}
-		got <- err
-	}()
+	got := acquireAndRelease(ctx, b)
 	time.Sleep(300 * time.Millisecond)
 	select {
 	case err := <-got:
@@ -124,14 +143,7 @@ func TestEngineWaiterWakesOnRelease(t *testing.T) {
 	if err := h.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-got:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("b did not acquire within 10s of a's release")
-	}
+	awaitNil(t, got, "b acquiring after a's release")
 }
 
 func TestEngineRunContextEndsOnLoss(t *testing.T) {
@@ -256,24 +268,10 @@ func TestInteropWithClientGoLeaderElection(t *testing.T) {
 		if !errors.As(err, &held) || held.Holder != "elector" {
 			t.Fatalf("Acquire while client-go leads: %v, want held by elector", err)
 		}
-		got := make(chan error, 1)
-		go func() {
-			h, err := l.Acquire(ctx)
-			if err == nil {
-				err = h.Release(ctx)
-			}
-			got <- err
-		}()
+		got := acquireAndRelease(ctx, l)
 		cancel() // ReleaseOnCancel clears the holder
 		<-done
-		select {
-		case err := <-got:
-			if err != nil {
-				t.Fatal(err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatal("klock did not acquire after client-go released")
-		}
+		awaitNil(t, got, "klock acquiring after client-go released")
 	})
 }
 

@@ -38,23 +38,13 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "klock-bin-")
+	env, err := framework.Setup()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	defer os.RemoveAll(dir)
-	bins, err := framework.BuildBinaries(dir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	klockBin, probeBin = bins.Klock, bins.Probe
-	if cp, err = framework.Start(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer cp.Stop()
+	defer env.Teardown()
+	cp, klockBin, probeBin = env.ControlPlane, env.Klock, env.Probe
 	return m.Run()
 }
 
@@ -237,4 +227,22 @@ func newAPIProxy(t *testing.T) (*apiProxy, error) {
 		return nil, err
 	}
 	return &apiProxy{Proxy: p, kubeconfig: kc}, nil
+}
+
+// waitStarted waits until the probe called name has started.
+func waitStarted(t *testing.T, log, name string) {
+	t.Helper()
+	eventually(t, 30*time.Second, name+" to start", func() bool { _, ok := find(readLog(t, log), "start", name); return ok })
+}
+
+// assertAfter checks that the probe called second started only after the
+// one called first ended.
+func assertAfter(t *testing.T, log, first, second string) {
+	t.Helper()
+	events := readLog(t, log)
+	end, ended := find(events, "end", first)
+	start, started := find(events, "start", second)
+	if !ended || !started || start.at.Before(end.at) {
+		t.Errorf("%s started at %v (ran: %v), before %s ended at %v (ended: %v)", second, start.at, started, first, end.at, ended)
+	}
 }
