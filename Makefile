@@ -51,7 +51,7 @@ unit: ## Run the unit tests.
 
 .PHONY: integration
 integration: control-plane ## Run the integration tests against a real kube-apiserver and etcd.
-	cd test && $(GO) test -count=1 -timeout 20m ./integration/...
+	cd test && $(GO) test -race -count=1 -timeout 20m ./integration/...
 
 .PHONY: bench
 bench: control-plane ## Measure handoff, takeover, overhead, idle requests and binary size.
