@@ -48,8 +48,19 @@ type Streams struct {
 // one; tests pass their own to check parsing without touching a cluster.
 type RunFunc func(ctx context.Context, o *Options, s Streams) error
 
-// Execute parses args (without the program name) and calls run.
+// Execute parses args (without the program name) and calls run. The one
+// subcommand, `install DEST`, is recognised only as the first argument;
+// `klock -- install ...` runs a command called install under the lock.
 func Execute(ctx context.Context, args []string, s Streams, run RunFunc) error {
+	if len(args) > 0 && args[0] == "install" {
+		if len(args) != 2 || args[1] == "" {
+			return &ExitError{Code: ExitFailure, Err: errors.New("usage: klock install DEST: copies this klock binary to the path DEST")}
+		}
+		if err := install(args[1]); err != nil {
+			return &ExitError{Code: ExitFailure, Err: err}
+		}
+		return nil
+	}
 	o := NewOptions()
 	fs := pflag.NewFlagSet("klock", pflag.ContinueOnError)
 	fs.SetOutput(io.Discard)  // errors are returned, and printed once by Exit

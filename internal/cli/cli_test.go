@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -185,5 +186,46 @@ func TestNoClusterIsOneClearLine(t *testing.T) {
 	_, err := restConfig(empty)
 	if err == nil || !strings.Contains(err.Error(), "pass --kubeconfig") {
 		t.Errorf("error %v, want advice to pass --kubeconfig", err)
+	}
+}
+
+func TestInstall(t *testing.T) {
+	dest := filepath.Join(t.TempDir(), "klock")
+	if _, err, _ := parse(t, "install", dest); err != nil {
+		t.Fatal(err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := os.ReadFile(self)
+	got, err := os.ReadFile(dest)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("the installed copy differs from the running binary (err %v)", err)
+	}
+	if fi, _ := os.Stat(dest); fi.Mode().Perm() != 0o555 {
+		t.Errorf("mode %v, want r-xr-xr-x", fi.Mode().Perm())
+	}
+	// Installing again replaces the file, even though it is read-only.
+	if _, err, _ := parse(t, "install", dest); err != nil {
+		t.Fatalf("second install: %v", err)
+	}
+	entries, _ := os.ReadDir(filepath.Dir(dest))
+	if len(entries) != 1 {
+		t.Errorf("left %d files behind, want only the binary", len(entries))
+	}
+
+	for _, args := range [][]string{{"install"}, {"install", "a", "b"}, {"install", filepath.Join(t.TempDir(), "missing", "klock")}} {
+		_, err, _ := parse(t, args...)
+		var exit *ExitError
+		if !errors.As(err, &exit) || exit.Code != ExitFailure {
+			t.Errorf("%v: error %v, want exit %d", args, err, ExitFailure)
+		}
+	}
+
+	// Only the first argument is the subcommand.
+	o, err, _ := parse(t, "-l", "x", "--", "install", "a")
+	if err != nil || !slices.Equal(o.Command, []string{"install", "a"}) {
+		t.Errorf("klock -l x -- install a: command %v, err %v", o.Command, err)
 	}
 }
