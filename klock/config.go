@@ -86,6 +86,13 @@ func DefaultIdentity() string {
 	return fmt.Sprintf("%s_%d_%s", host, os.Getpid(), hex.EncodeToString(b[:]))
 }
 
+// Validate reports the first setting that New would reject, as a sentence
+// that names the setting, the value and what is accepted.
+func (c Config) Validate() error {
+	_, err := c.complete()
+	return err
+}
+
 // complete fills in defaults and validates the result. Every error names the
 // setting, the value and what is accepted.
 func (c Config) complete() (Config, error) {
