@@ -46,6 +46,8 @@ require (
 	sigs.k8s.io/controller-runtime v0.25.2
 )
 
+require gomodules.xyz/jsonpatch/v2 v2.4.0 // indirect
+
 require (
 	cel.dev/expr v0.25.2 // indirect
 	cyphar.com/go-pathrs v0.2.5 // indirect

@@ -47,7 +47,12 @@ func Start() (*ControlPlane, error) {
 	if err != nil {
 		return nil, err
 	}
-	env := &envtest.Environment{}
+	// The webhook configuration users install, pointed by envtest at a
+	// local port with a certificate of its own; the tests that need the
+	// webhook serve it there (WebhookServing).
+	env := &envtest.Environment{WebhookInstallOptions: envtest.WebhookInstallOptions{
+		Paths: []string{filepath.Join(RepoRoot(), "deploy", "base", "mutatingwebhookconfiguration.yaml")},
+	}}
 	cfg, err := env.Start()
 	if err != nil {
 		return nil, fmt.Errorf("starting the control plane: %w", err)
@@ -74,6 +79,13 @@ func Start() (*ControlPlane, error) {
 		return nil, err
 	}
 	return cp, nil
+}
+
+// WebhookServing is where the installed webhook configuration sends
+// admission requests, and the directory with the certificate to serve.
+func (cp *ControlPlane) WebhookServing() (host string, port int, certDir string) {
+	o := cp.env.WebhookInstallOptions
+	return o.LocalServingHost, o.LocalServingPort, o.LocalServingCertDir
 }
 
 // Stop stops the control plane and removes its files.

@@ -1,0 +1,94 @@
+package webhook
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"time"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+)
+
+// ImageResolver reads what a container's image runs when the pod does not
+// say: its ENTRYPOINT and CMD.
+type ImageResolver interface {
+	Resolve(ctx context.Context, pod *corev1.Pod, c *corev1.Container) (*ImageCommand, error)
+}
+
+// AccessReviewer says what may go wrong at run time with the Lease
+// permissions of a pod's service account, as admission warnings.
+type AccessReviewer interface {
+	Warnings(ctx context.Context, pod *corev1.Pod) []string
+}
+
+// PodHandler admits pods: it wraps those annotated klock.io/lease.
+type PodHandler struct {
+	options Options
+	images  ImageResolver
+	access  AccessReviewer
+	decoder admission.Decoder
+}
+
+var _ admission.Handler = &PodHandler{}
+
+// NewPodHandler returns the pod handler. images and access may be nil:
+// containers without a command are then denied, and no permission warnings
+// are given.
+func NewPodHandler(scheme *runtime.Scheme, opts Options, images ImageResolver, access AccessReviewer) *PodHandler {
+	return &PodHandler{options: opts, images: images, access: access, decoder: admission.NewDecoder(scheme)}
+}
+
+// Handle wraps an annotated pod, or denies it with what to fix. It never
+// admits an annotated pod unwrapped.
+func (h *PodHandler) Handle(ctx context.Context, req admission.Request) admission.Response {
+	start := time.Now()
+	resp, outcome := h.handle(ctx, req)
+	observe("Pod", outcome, start)
+	return resp
+}
+
+func (h *PodHandler) handle(ctx context.Context, req admission.Request) (admission.Response, string) {
+	if req.Operation != admissionv1.Create {
+		return admission.Allowed(""), outcomeSkipped
+	}
+	pod := &corev1.Pod{}
+	if err := h.decoder.Decode(req, pod); err != nil {
+		return admission.Errored(http.StatusBadRequest, err), outcomeError
+	}
+	if !Wants(pod) || Wrapped(pod) {
+		return admission.Allowed(""), outcomeSkipped
+	}
+	if pod.Namespace == "" {
+		pod.Namespace = req.Namespace // not set yet on create
+	}
+	original, err := json.Marshal(pod)
+	if err != nil {
+		return admission.Errored(http.StatusInternalServerError, err), outcomeError
+	}
+
+	var image *ImageCommand
+	if i, ferr := Target(pod); ferr == nil && len(pod.Spec.Containers[i].Command) == 0 && h.images != nil {
+		c := &pod.Spec.Containers[i]
+		if image, err = h.images.Resolve(ctx, pod, c); err != nil {
+			return admission.Denied(fmt.Sprintf("klock must know what container %q runs, and reading the ENTRYPOINT and CMD of image %q failed: %v; set command (and args) in the pod spec", c.Name, c.Image, err)), outcomeDenied
+		}
+	}
+	warnings, err := Mutate(pod, h.options, image)
+	if err != nil {
+		return admission.Denied(err.Error()), outcomeDenied
+	}
+	if h.access != nil {
+		warnings = append(warnings, h.access.Warnings(ctx, pod)...)
+	}
+	mutated, err := json.Marshal(pod)
+	if err != nil {
+		return admission.Errored(http.StatusInternalServerError, err), outcomeError
+	}
+	// Both sides come from the same Go type, so fields it does not know
+	// cannot show up as removals in the patch.
+	return admission.PatchResponseFromRaw(original, mutated).WithWarnings(warnings...), outcomeWrapped
+}
