@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/pflag"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -35,6 +37,8 @@ type ServerOptions struct {
 	ProbeAddr       string
 	EnableHTTP2     bool
 	Kubeconfig      string
+	DefaultPlatform string
+	ImageCacheSize  int
 }
 
 // NewServerOptions returns the defaults.
@@ -45,6 +49,8 @@ func NewServerOptions() *ServerOptions {
 		ImagePullPolicy: string(corev1.PullIfNotPresent),
 		MetricsAddr:     ":8080",
 		ProbeAddr:       ":8081",
+		DefaultPlatform: "linux/amd64",
+		ImageCacheSize:  1024,
 	}
 }
 
@@ -58,6 +64,8 @@ func (o *ServerOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.ProbeAddr, "health-probe-bind-address", o.ProbeAddr, "Address of /healthz and /readyz.")
 	fs.BoolVar(&o.EnableHTTP2, "enable-http2", o.EnableHTTP2, "Serve HTTP/2 (off by default: HTTP/2 rapid-reset attacks).")
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "Kubeconfig to use outside a cluster.")
+	fs.StringVar(&o.DefaultPlatform, "default-platform", o.DefaultPlatform, "Platform whose ENTRYPOINT and CMD are read from multi-platform images, unless a pod's nodeSelector says otherwise.")
+	fs.IntVar(&o.ImageCacheSize, "image-cache-size", o.ImageCacheSize, "How many image configs to keep, by digest.")
 }
 
 // Validate checks the flags.
@@ -70,6 +78,12 @@ func (o *ServerOptions) Validate() error {
 	case corev1.PullAlways, corev1.PullIfNotPresent, corev1.PullNever:
 	default:
 		errs = append(errs, fmt.Errorf("--klock-image-pull-policy %q: give Always, IfNotPresent or Never", o.ImagePullPolicy))
+	}
+	if _, err := v1.ParsePlatform(o.DefaultPlatform); err != nil {
+		errs = append(errs, fmt.Errorf("--default-platform %q: give os/arch[/variant], such as linux/amd64: %w", o.DefaultPlatform, err))
+	}
+	if o.ImageCacheSize < 1 {
+		errs = append(errs, fmt.Errorf("--image-cache-size %d: give at least 1", o.ImageCacheSize))
 	}
 	if o.Port < 1 || o.Port > 65535 {
 		errs = append(errs, fmt.Errorf("--webhook-port %d: give a port from 1 to 65535", o.Port))
@@ -106,8 +120,16 @@ func Run(ctx context.Context, o *ServerOptions, config *rest.Config) error {
 		return fmt.Errorf("cannot set up the webhook server: %w", err)
 	}
 	opts := Options{Image: o.KlockImage, ImagePullPolicy: corev1.PullPolicy(o.ImagePullPolicy)}
+	// A direct client, not the manager's cache: pull secrets are read for
+	// the pods that need them, not watched cluster-wide.
+	client, err := kubernetes.NewForConfig(config)
+	if err != nil {
+		return err
+	}
+	platform, _ := v1.ParsePlatform(o.DefaultPlatform) // validated above
+	images := NewRegistryResolver(client, *platform, o.ImageCacheSize, nil)
 	server := mgr.GetWebhookServer()
-	server.Register(PodsPath, &admission.Webhook{Handler: NewPodHandler(scheme, opts, nil, nil)})
+	server.Register(PodsPath, &admission.Webhook{Handler: NewPodHandler(scheme, opts, images, NewLeaseAccess(client))})
 	server.Register(WorkloadsPath, &admission.Webhook{Handler: NewWorkloadHandler(scheme)})
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
 		return err

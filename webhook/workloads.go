@@ -53,7 +53,9 @@ var workloads = map[schema.GroupKind]struct {
 }{
 	{Group: "batch", Kind: "CronJob"}: {
 		func() client.Object { return &batchv1.CronJob{} },
-		func(o client.Object) *corev1.PodTemplateSpec { return &o.(*batchv1.CronJob).Spec.JobTemplate.Spec.Template }, true},
+		func(o client.Object) *corev1.PodTemplateSpec {
+			return &o.(*batchv1.CronJob).Spec.JobTemplate.Spec.Template
+		}, true},
 	{Group: "batch", Kind: "Job"}: {
 		func() client.Object { return &batchv1.Job{} },
 		func(o client.Object) *corev1.PodTemplateSpec { return &o.(*batchv1.Job).Spec.Template }, false},

@@ -1,0 +1,77 @@
+package webhook
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+
+	authorizationv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// LeaseAccess asks the API server, with SubjectAccessReviews, whether a
+// pod's service account may use its Lease, so that a missing permission is
+// a warning at admission rather than a failure when the pod runs.
+type LeaseAccess struct {
+	client kubernetes.Interface
+}
+
+// NewLeaseAccess returns a reviewer that uses client.
+func NewLeaseAccess(client kubernetes.Interface) *LeaseAccess {
+	return &LeaseAccess{client: client}
+}
+
+var _ AccessReviewer = &LeaseAccess{}
+
+// Warnings implements AccessReviewer.
+func (a *LeaseAccess) Warnings(ctx context.Context, pod *corev1.Pod) []string {
+	ns, lease := pod.Namespace, pod.Annotations[AnnotationLease]
+	sa := pod.Spec.ServiceAccountName
+	if sa == "" {
+		sa = "default"
+	}
+	verbs := []string{"get", "create", "update", "watch"}
+	if pod.Annotations[AnnotationCleanupLease] == "true" {
+		verbs = append(verbs, "delete")
+	}
+	allowed := make([]bool, len(verbs))
+	errs := make([]error, len(verbs))
+	var wg sync.WaitGroup
+	for i, verb := range verbs {
+		wg.Go(func() {
+			attrs := &authorizationv1.ResourceAttributes{Namespace: ns, Verb: verb, Group: "coordination.k8s.io", Resource: "leases"}
+			if verb != "create" && verb != "watch" {
+				attrs.Name = lease // create and watch are not checked by name
+			}
+			review, err := a.client.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{
+				Spec: authorizationv1.SubjectAccessReviewSpec{
+					User:               "system:serviceaccount:" + ns + ":" + sa,
+					Groups:             []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
+					ResourceAttributes: attrs,
+				},
+			}, metav1.CreateOptions{})
+			allowed[i], errs[i] = err == nil && review.Status.Allowed, err
+		})
+	}
+	wg.Wait()
+
+	var missing []string
+	for i, verb := range verbs {
+		if errs[i] != nil {
+			return []string{fmt.Sprintf("could not check whether service account %s/%s may use Leases: %v", ns, sa, errs[i])}
+		}
+		if !allowed[i] {
+			missing = append(missing, verb)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	return []string{fmt.Sprintf("service account %s/%s may not %s leases in namespace %s, so klock will fail when the pod runs; grant it with: "+
+		"kubectl -n %s create role klock-lease-holder --verb=%s --resource=leases.coordination.k8s.io && "+
+		"kubectl -n %s create rolebinding klock-lease-holder-%s --role=klock-lease-holder --serviceaccount=%s:%s",
+		ns, sa, strings.Join(missing, ", "), ns, ns, strings.Join(verbs, ","), ns, sa, ns, sa)}
+}

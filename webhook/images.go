@@ -1,0 +1,111 @@
+package webhook
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	kauth "github.com/google/go-containerregistry/pkg/authn/kubernetes"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/lru"
+)
+
+// RegistryResolver reads ENTRYPOINT and CMD from image configs in their
+// registries, with the credentials the kubelet would use: the pod's
+// imagePullSecrets and its service account's. Configs are cached by the
+// digest of what the reference names, and by platform; a reference by tag
+// still costs one manifest request (HEAD) to learn the digest, since tags
+// move.
+type RegistryResolver struct {
+	client   kubernetes.Interface
+	platform v1.Platform
+	cache    *lru.Cache
+	opts     []remote.Option
+}
+
+// NewRegistryResolver returns a resolver that reads pull secrets with
+// client, picks platform for images that have several unless the pod's
+// nodeSelector names an OS or architecture, and caches up to cacheSize
+// configs. transport may be nil.
+func NewRegistryResolver(client kubernetes.Interface, platform v1.Platform, cacheSize int, transport http.RoundTripper) *RegistryResolver {
+	r := &RegistryResolver{client: client, platform: platform, cache: lru.New(cacheSize)}
+	if transport != nil {
+		r.opts = append(r.opts, remote.WithTransport(transport))
+	}
+	return r
+}
+
+var _ ImageResolver = &RegistryResolver{}
+
+// Resolve implements ImageResolver.
+func (r *RegistryResolver) Resolve(ctx context.Context, pod *corev1.Pod, c *corev1.Container) (*ImageCommand, error) {
+	ref, err := name.ParseReference(c.Image)
+	if err != nil {
+		return nil, fmt.Errorf("cannot parse the image reference: %w", err)
+	}
+	keychain, err := r.keychain(ctx, pod)
+	if err != nil {
+		return nil, err
+	}
+	opts := append([]remote.Option{remote.WithContext(ctx), remote.WithAuthFromKeychain(keychain)}, r.opts...)
+
+	digest, ok := ref.(name.Digest)
+	if !ok {
+		desc, err := remote.Head(ref, opts...)
+		if err != nil {
+			return nil, err
+		}
+		digest = ref.Context().Digest(desc.Digest.String())
+	}
+	platform := r.platformFor(pod)
+	key := digest.String() + " " + platform.String()
+	if cached, ok := r.cache.Get(key); ok {
+		return cached.(*ImageCommand), nil
+	}
+	img, err := remote.Image(digest, append(opts, remote.WithPlatform(platform))...)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	cmd := &ImageCommand{Entrypoint: cfg.Config.Entrypoint, Cmd: cfg.Config.Cmd}
+	r.cache.Add(key, cmd)
+	return cmd, nil
+}
+
+func (r *RegistryResolver) keychain(ctx context.Context, pod *corev1.Pod) (authn.Keychain, error) {
+	var secrets []string
+	for _, s := range pod.Spec.ImagePullSecrets {
+		secrets = append(secrets, s.Name)
+	}
+	kc, err := kauth.New(ctx, r.client, kauth.Options{
+		Namespace:          pod.Namespace,
+		ServiceAccountName: pod.Spec.ServiceAccountName,
+		ImagePullSecrets:   secrets,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cannot read the pod's pull secrets: %w", err)
+	}
+	return kc, nil
+}
+
+// platformFor is the platform the pod will run on, as far as admission can
+// tell: its nodeSelector, else the resolver's default.
+func (r *RegistryResolver) platformFor(pod *corev1.Pod) v1.Platform {
+	p := r.platform
+	if os, ok := pod.Spec.NodeSelector[corev1.LabelOSStable]; ok {
+		p.OS = os
+	}
+	if arch, ok := pod.Spec.NodeSelector[corev1.LabelArchStable]; ok {
+		p.Architecture = arch
+		p.Variant = ""
+	}
+	return p
+}
