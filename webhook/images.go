@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 
@@ -10,6 +11,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/lru"
@@ -58,7 +60,7 @@ func (r *RegistryResolver) Resolve(ctx context.Context, pod *corev1.Pod, c *core
 	if !ok {
 		desc, err := remote.Head(ref, opts...)
 		if err != nil {
-			return nil, err
+			return nil, explain(err)
 		}
 		digest = ref.Context().Digest(desc.Digest.String())
 	}
@@ -69,7 +71,7 @@ func (r *RegistryResolver) Resolve(ctx context.Context, pod *corev1.Pod, c *core
 	}
 	img, err := remote.Image(digest, append(opts, remote.WithPlatform(platform))...)
 	if err != nil {
-		return nil, err
+		return nil, explain(err)
 	}
 	cfg, err := img.ConfigFile()
 	if err != nil {
@@ -78,6 +80,15 @@ func (r *RegistryResolver) Resolve(ctx context.Context, pod *corev1.Pod, c *core
 	cmd := &ImageCommand{Entrypoint: cfg.Config.Entrypoint, Cmd: cfg.Config.Cmd}
 	r.cache.Add(key, cmd)
 	return cmd, nil
+}
+
+// explain adds the likely cause to a registry's refusal.
+func explain(err error) error {
+	var terr *transport.Error
+	if errors.As(err, &terr) && (terr.StatusCode == http.StatusUnauthorized || terr.StatusCode == http.StatusForbidden) {
+		return fmt.Errorf("%w (the pod's imagePullSecrets and its service account's hold no credentials this registry accepts)", err)
+	}
+	return err
 }
 
 func (r *RegistryResolver) keychain(ctx context.Context, pod *corev1.Pod) (authn.Keychain, error) {

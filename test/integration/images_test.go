@@ -1,0 +1,197 @@
+package integration
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/klock-io/klock/webhook"
+)
+
+// A real OCI registry in process, one public and one that wants a password.
+func startRegistries(t *testing.T, requests *atomic.Int64) (public, private string) {
+	t.Helper()
+	pub := httptest.NewServer(counting(requests, registry.New()))
+	priv := httptest.NewServer(basicAuth("puller", "s3cret", registry.New()))
+	t.Cleanup(pub.Close)
+	t.Cleanup(priv.Close)
+	return strings.TrimPrefix(pub.URL, "http://"), strings.TrimPrefix(priv.URL, "http://")
+}
+
+// counting counts the requests for manifests and blobs, not the /v2/ ping
+// with which a client learns how to authenticate.
+func counting(n *atomic.Int64, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v2/" {
+			n.Add(1)
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func basicAuth(user, pass string, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if u, p, ok := r.BasicAuth(); !ok || u != user || p != pass {
+			w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
+			http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"who are you?"}]}`, http.StatusUnauthorized)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// pushImage pushes an image whose config says entrypoint and cmd.
+func pushImage(t *testing.T, ref string, auth authn.Authenticator, platform v1.Platform, entrypoint, cmd []string) v1.Image {
+	t.Helper()
+	img, err := mutate.ConfigFile(empty.Image, &v1.ConfigFile{
+		OS: platform.OS, Architecture: platform.Architecture,
+		Config: v1.Config{Entrypoint: entrypoint, Cmd: cmd},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ref != "" {
+		r, err := name.ParseReference(ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := remote.Write(r, img, remote.WithAuth(auth)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return img
+}
+
+func TestWebhookReadsImageEntrypoints(t *testing.T) {
+	ns := namespace(t)
+	ctx := context.Background()
+	var requests atomic.Int64
+	pub, priv := startRegistries(t, &requests)
+	amd64 := v1.Platform{OS: "linux", Architecture: "amd64"}
+	arm64 := v1.Platform{OS: "linux", Architecture: "arm64"}
+	creds := &authn.Basic{Username: "puller", Password: "s3cret"}
+
+	pushImage(t, pub+"/tools/echo:v1", authn.Anonymous, amd64, []string{"/bin/echo"}, []string{"hello", "$(HOME)"})
+	pushImage(t, priv+"/team/app:v1", creds, amd64, []string{"/app"}, []string{"--serve"})
+	index := mutate.AppendManifests(empty.Index,
+		mutate.IndexAddendum{Add: pushImage(t, "", nil, amd64, []string{"/on-amd64"}, nil), Descriptor: v1.Descriptor{Platform: &amd64}},
+		mutate.IndexAddendum{Add: pushImage(t, "", nil, arm64, []string{"/on-arm64"}, nil), Descriptor: v1.Descriptor{Platform: &arm64}},
+	)
+	multi, err := name.ParseReference(pub + "/multi/arch:v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.WriteIndex(multi, index); err != nil {
+		t.Fatal(err)
+	}
+
+	// A pull secret, as kubectl create secret docker-registry makes it.
+	dockercfg, _ := json.Marshal(map[string]any{"auths": map[string]any{priv: map[string]string{
+		"auth": base64.StdEncoding.EncodeToString([]byte("puller:s3cret")),
+	}}})
+	if _, err := cp.Client.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "pull"}, Type: corev1.SecretTypeDockerConfigJson,
+		Data: map[string][]byte{corev1.DockerConfigJsonKey: dockercfg},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cp.Client.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{
+		ObjectMeta: metav1.ObjectMeta{Name: "puller"}, ImagePullSecrets: []corev1.LocalObjectReference{{Name: "pull"}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	startWebhook(t)
+
+	lease := map[string]string{webhook.AnnotationLease: "images"}
+	klock := []string{"/klock-bin/klock", "--lease=images", "--"}
+	for _, tc := range []struct {
+		name   string
+		pod    func(p *corev1.Pod)
+		want   []string // the wrapped command; nil: denied
+		denied string
+	}{
+		{name: "ENTRYPOINT and CMD of a public image, $ escaped",
+			pod:  func(p *corev1.Pod) { p.Spec.Containers[0].Image = pub + "/tools/echo:v1" },
+			want: append(klock, "/bin/echo", "hello", "$$(HOME)")},
+		{name: "args replace CMD",
+			pod: func(p *corev1.Pod) {
+				p.Spec.Containers[0].Image = pub + "/tools/echo:v1"
+				p.Spec.Containers[0].Args = []string{"bye"}
+			},
+			want: append(klock, "/bin/echo", "bye")},
+		{name: "a private image with the pod's pull secret",
+			pod: func(p *corev1.Pod) {
+				p.Spec.Containers[0].Image = priv + "/team/app:v1"
+				p.Spec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "pull"}}
+			},
+			want: append(klock, "/app", "--serve")},
+		{name: "a private image with the service account's pull secret",
+			pod: func(p *corev1.Pod) {
+				p.Spec.Containers[0].Image = priv + "/team/app:v1"
+				p.Spec.ServiceAccountName = "puller"
+			},
+			want: append(klock, "/app", "--serve")},
+		{name: "a private image without credentials is denied",
+			pod:    func(p *corev1.Pod) { p.Spec.Containers[0].Image = priv + "/team/app:v1" },
+			denied: "the pod's imagePullSecrets and its service account's hold no credentials this registry accepts"},
+		{name: "a multi-platform image, by default linux/amd64",
+			pod:  func(p *corev1.Pod) { p.Spec.Containers[0].Image = pub + "/multi/arch:v1" },
+			want: append(klock, "/on-amd64")},
+		{name: "a multi-platform image, on the architecture the nodeSelector asks for",
+			pod: func(p *corev1.Pod) {
+				p.Spec.Containers[0].Image = pub + "/multi/arch:v1"
+				p.Spec.NodeSelector = map[string]string{"kubernetes.io/arch": "arm64"}
+			},
+			want: append(klock, "/on-arm64")},
+		{name: "an image that does not exist is denied with the fix",
+			pod:    func(p *corev1.Pod) { p.Spec.Containers[0].Image = pub + "/no/such:v1" },
+			denied: "set command (and args) in the pod spec"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := pod("", lease, corev1.Container{Name: "app"})
+			p.GenerateName = "img-"
+			tc.pod(p)
+			got, err := cp.Client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{})
+			if tc.denied != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.denied) {
+					t.Fatalf("error %v, want a denial containing %q", err, tc.denied)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tc.want, got.Spec.Containers[0].Command); diff != "" {
+				t.Errorf("command (-want,+got):\n%s", diff)
+			}
+		})
+	}
+
+	t.Run("configs are cached by digest: a tag costs one HEAD of its manifest", func(t *testing.T) {
+		p := pod("", lease, corev1.Container{Name: "app", Image: pub + "/tools/echo:v1"})
+		p.GenerateName = "cached-"
+		requests.Store(0)
+		if _, err := cp.Client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if got := requests.Load(); got != 1 {
+			t.Errorf("%d registry requests for an image read before, want 1", got)
+		}
+	})
+}
