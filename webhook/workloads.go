@@ -14,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 )
@@ -118,9 +119,41 @@ func (h *WorkloadHandler) handle(req admission.Request) (admission.Response, str
 			return admission.Denied(fmt.Sprintf("%s (on %s %s, whose pods would all be denied)", errs.ToAggregate(), req.Kind.Kind, req.Name)), outcomeDenied
 		}
 	}
+	var warnings []string
+	if d, ok := obj.(*appsv1.Deployment); ok {
+		warnings = RolloutWarnings(d)
+	}
 	mutated, err := json.Marshal(obj)
 	if err != nil {
 		return admission.Errored(http.StatusInternalServerError, err), outcomeError
 	}
-	return admission.PatchResponseFromRaw(original, mutated), outcomeWrapped
+	return admission.PatchResponseFromRaw(original, mutated).WithWarnings(warnings...), outcomeWrapped
+}
+
+// RolloutWarnings warns about a wrapped Deployment whose rolling update
+// cannot progress: a new pod waits for the lock an old pod holds, so it
+// never becomes ready, and with no unavailability allowed the old pod is
+// never stopped.
+func RolloutWarnings(d *appsv1.Deployment) []string {
+	if _, wants := d.Spec.Template.Annotations[AnnotationLease]; !wants || d.Spec.Strategy.Type == appsv1.RecreateDeploymentStrategyType {
+		return nil
+	}
+	replicas := 1
+	if d.Spec.Replicas != nil {
+		replicas = int(*d.Spec.Replicas)
+	}
+	maxUnavailable := intstr.FromString("25%") // the API's default
+	if ru := d.Spec.Strategy.RollingUpdate; ru != nil && ru.MaxUnavailable != nil {
+		maxUnavailable = *ru.MaxUnavailable
+	}
+	unavailable, err := intstr.GetScaledValueFromIntOrPercent(&maxUnavailable, replicas, false)
+	if err != nil || unavailable > 0 {
+		return nil
+	}
+	pod := &corev1.Pod{ObjectMeta: d.Spec.Template.ObjectMeta, Spec: d.Spec.Template.Spec}
+	i, ferr := Target(pod)
+	if ferr != nil || pod.Spec.Containers[i].ReadinessProbe == nil {
+		return nil
+	}
+	return []string{fmt.Sprintf("Deployment %s allows no unavailable replica during a rolling update, and container %q has a readinessProbe: a new pod waits for the lock an old pod holds, never becomes ready, and the rollout stalls; set spec.strategy.type: Recreate, or spec.strategy.rollingUpdate.maxUnavailable to 1 or more", d.Name, pod.Spec.Containers[i].Name)}
 }

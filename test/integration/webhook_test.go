@@ -261,6 +261,17 @@ func TestWebhook(t *testing.T) {
 		}
 		check("Deployment, annotated later", &updated.Spec.Template, "later")
 
+		// A rollout that would stall on the lock gets a warning.
+		probed := *always.DeepCopy()
+		probed.Spec.Containers[0].ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"true"}}}}
+		client.take()
+		if _, err := client.AppsV1().Deployments(ns).Create(ctx, &appsv1.Deployment{ObjectMeta: meta("stalls"), Spec: appsv1.DeploymentSpec{Selector: selector, Template: probed}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if w := client.take(); len(w) != 1 || !strings.Contains(w[0], "the rollout stalls") {
+			t.Errorf("warnings %q, want one about the stalled rollout", w)
+		}
+
 		// A mistake is denied on the workload, not on every pod it makes.
 		bad := &batchv1.CronJob{
 			ObjectMeta: metav1.ObjectMeta{Name: "bad", Annotations: map[string]string{webhook.AnnotationLease: "x", webhook.AnnotationWait: "soon"}},

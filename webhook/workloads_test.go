@@ -1,0 +1,82 @@
+package webhook
+
+import (
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+func TestPropagate(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		workload    map[string]string
+		template    map[string]string
+		want        map[string]string
+		wantChanged bool
+	}{
+		{name: "nothing of klock's", workload: map[string]string{"a": "b"}, want: nil},
+		{name: "klock's annotations only are copied",
+			workload: map[string]string{AnnotationLease: "x", AnnotationWait: "5s", "other.io/y": "z"},
+			want:     map[string]string{AnnotationLease: "x", AnnotationWait: "5s"}, wantChanged: true},
+		{name: "the workload's value wins, the template's others stay",
+			workload: map[string]string{AnnotationLease: "new"},
+			template: map[string]string{AnnotationLease: "old", AnnotationSignal: "INT", "app": "v"},
+			want:     map[string]string{AnnotationLease: "new", AnnotationSignal: "INT", "app": "v"}, wantChanged: true},
+		{name: "already in place", workload: map[string]string{AnnotationLease: "x"}, template: map[string]string{AnnotationLease: "x"},
+			want: map[string]string{AnnotationLease: "x"}},
+		{name: "the webhook's own status is not copied", workload: map[string]string{AnnotationInjected: "app"}, want: nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tmpl := &corev1.PodTemplateSpec{}
+			tmpl.Annotations = tc.template
+			if got := Propagate(tc.workload, tmpl); got != tc.wantChanged {
+				t.Errorf("changed = %v, want %v", got, tc.wantChanged)
+			}
+			if diff := cmp.Diff(tc.want, tmpl.Annotations); diff != "" {
+				t.Errorf("template annotations (-want,+got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestRolloutWarnings(t *testing.T) {
+	deployment := func(replicas int32, maxUnavailable *intstr.IntOrString, recreate, probe bool) *appsv1.Deployment {
+		d := &appsv1.Deployment{}
+		d.Name = "web"
+		d.Spec.Replicas = &replicas
+		d.Spec.Template.Annotations = map[string]string{AnnotationLease: "web"}
+		c := corev1.Container{Name: "app"}
+		if probe {
+			c.ReadinessProbe = &corev1.Probe{}
+		}
+		d.Spec.Template.Spec.Containers = []corev1.Container{c}
+		if recreate {
+			d.Spec.Strategy.Type = appsv1.RecreateDeploymentStrategyType
+		} else if maxUnavailable != nil {
+			d.Spec.Strategy.RollingUpdate = &appsv1.RollingUpdateDeployment{MaxUnavailable: maxUnavailable}
+		}
+		return d
+	}
+	zero, one := intstr.FromInt32(0), intstr.FromInt32(1)
+	for _, tc := range []struct {
+		name string
+		d    *appsv1.Deployment
+		warn bool
+	}{
+		{name: "maxUnavailable 0 with a readiness probe", d: deployment(3, &zero, false, true), warn: true},
+		{name: "the default 25% of 2 replicas rounds down to 0", d: deployment(2, nil, false, true), warn: true},
+		{name: "the default 25% of 4 replicas is 1", d: deployment(4, nil, false, true)},
+		{name: "maxUnavailable 1", d: deployment(3, &one, false, true)},
+		{name: "no readiness probe", d: deployment(3, &zero, false, false)},
+		{name: "Recreate", d: deployment(3, nil, true, true)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := len(RolloutWarnings(tc.d)) > 0; got != tc.warn {
+				t.Errorf("warned = %v, want %v", got, tc.warn)
+			}
+		})
+	}
+}
