@@ -53,6 +53,10 @@ unit: ## Run the unit tests.
 integration: control-plane ## Run the integration tests against a real kube-apiserver and etcd.
 	cd test && $(GO) test -race -count=1 -timeout 20m ./integration/...
 
+.PHONY: fuzz
+fuzz: ## Fuzz the pod mutation for a minute (FUZZTIME=10m for longer).
+	$(GO) test -run '^$$' -fuzz FuzzMutate -fuzztime $(or $(FUZZTIME),1m) ./webhook
+
 .PHONY: bench
 bench: control-plane ## Measure handoff, takeover, overhead, idle requests and binary size.
 	cd test && $(GO) test -count=1 -timeout 30m -run '^$$' -bench . -benchtime 1x ./bench/...

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"io"
+	"slices"
 
 	"github.com/spf13/pflag"
 )
@@ -21,7 +22,7 @@ func CheckFlag(name, value string) error {
 // settings they make together, such as a renew deadline below the lease
 // duration, without running anything.
 func CheckArgs(args []string) error {
-	return Execute(context.Background(), append(args, "--", "true"), Streams{Out: io.Discard, Err: io.Discard},
+	return Execute(context.Background(), append(slices.Clone(args), "--", "true"), Streams{Out: io.Discard, Err: io.Discard},
 		func(_ context.Context, o *Options, _ Streams) error {
 			if o.Namespace == "" {
 				o.Namespace = "default" // where is irrelevant to the check

@@ -1,0 +1,70 @@
+package webhook
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/klock-io/klock/internal/cli"
+)
+
+// FuzzMutate: whatever the annotations and argv, Mutate does not panic,
+// and what it admits is wrapped exactly once, runs the original argv
+// verbatim, and hands klock flags that klock accepts.
+// `go test -fuzz FuzzMutate ./webhook` explores; `go test` runs the seeds.
+func FuzzMutate(f *testing.F) {
+	f.Add("nightly", "30s", "0", "TERM", "5", "team=a", "true", "sh\x00-c\x00echo $(X)", "a\x00b", false)
+	f.Add("Bad_Name", "soon", "300", "NOPE", "-1", "novalue", "maybe", "", "", true)
+	f.Add("x", "", "", "", "", "", "", "", "args\x00only", true)
+	f.Add("a.b-c", "1.5", "255", "9", "NaN", "k=v,k2=", "false", "--\x00-x", "", false)
+	f.Fuzz(func(t *testing.T, lease, wait, exitCode, signal, killAfter, labels, cleanup, command, args string, withImage bool) {
+		pod := MakePod("p", "ns").Lease(lease).Obj()
+		for k, v := range map[string]string{AnnotationWait: wait, AnnotationConflictExitCode: exitCode, AnnotationSignal: signal,
+			AnnotationKillAfter: killAfter, AnnotationLabels: labels, AnnotationCleanupLease: cleanup} {
+			if v != "" {
+				pod.Annotations[k] = v
+			}
+		}
+		c := corev1.Container{Name: "app", Image: "img"}
+		if command != "" {
+			c.Command = strings.Split(command, "\x00")
+		}
+		if args != "" {
+			c.Args = strings.Split(args, "\x00")
+		}
+		pod.Spec.Containers = []corev1.Container{c}
+		var image *ImageCommand
+		if withImage {
+			image = &ImageCommand{Entrypoint: []string{"/entry"}, Cmd: []string{"$(cmd)"}}
+		}
+
+		before := pod.DeepCopy()
+		if _, err := Mutate(pod, testOptions, image); err != nil {
+			if !slices.EqualFunc(before.Spec.Containers, pod.Spec.Containers, func(a, b corev1.Container) bool { return a.Name == b.Name && slices.Equal(a.Command, b.Command) }) {
+				t.Fatal("a denied pod was changed")
+			}
+			return
+		}
+		if !Wrapped(pod) || len(pod.Spec.InitContainers) != 1 || len(pod.Spec.Volumes) != 1 {
+			t.Fatalf("admitted but not wrapped once: %+v", pod.Spec)
+		}
+		got := pod.Spec.Containers[0].Command
+		sep := slices.Index(got, "--")
+		if sep < 0 {
+			t.Fatalf("no -- in %q", got)
+		}
+		if err := cli.CheckArgs(got[1:sep]); err != nil {
+			t.Fatalf("klock would reject the flags %q: %v", got[1:sep], err)
+		}
+		if len(c.Command) > 0 {
+			if want := append(slices.Clone(c.Command), c.Args...); !slices.Equal(got[sep+1:], want) {
+				t.Fatalf("argv %q, want %q", got[sep+1:], want)
+			}
+		}
+		if len(pod.Spec.Containers[0].Args) != 0 {
+			t.Fatalf("args left: %q", pod.Spec.Containers[0].Args)
+		}
+	})
+}
