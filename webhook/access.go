@@ -5,23 +5,34 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/lru"
 )
 
 // LeaseAccess asks the API server, with SubjectAccessReviews, whether a
 // pod's service account may use its Lease, so that a missing permission is
-// a warning at admission rather than a failure when the pod runs.
+// a warning at admission rather than a failure when the pod runs. Answers
+// are kept for accessTTL: the pods of one workload come in bursts.
 type LeaseAccess struct {
-	client kubernetes.Interface
+	client  kubernetes.Interface
+	answers *lru.Cache // review key → accessAnswer
+}
+
+const accessTTL = 30 * time.Second
+
+type accessAnswer struct {
+	warnings []string
+	expires  time.Time
 }
 
 // NewLeaseAccess returns a reviewer that uses client.
 func NewLeaseAccess(client kubernetes.Interface) *LeaseAccess {
-	return &LeaseAccess{client: client}
+	return &LeaseAccess{client: client, answers: lru.New(4096)}
 }
 
 var _ AccessReviewer = &LeaseAccess{}
@@ -37,6 +48,19 @@ func (a *LeaseAccess) Warnings(ctx context.Context, pod *corev1.Pod) []string {
 	if pod.Annotations[AnnotationCleanupLease] == "true" {
 		verbs = append(verbs, "delete")
 	}
+	key := strings.Join(append([]string{ns, sa, lease}, verbs...), "/")
+	if v, ok := a.answers.Get(key); ok && time.Now().Before(v.(accessAnswer).expires) {
+		return v.(accessAnswer).warnings
+	}
+	warnings, err := a.review(ctx, ns, sa, lease, verbs)
+	if err != nil {
+		return []string{fmt.Sprintf("could not check whether service account %s/%s may use Leases: %v", ns, sa, err)}
+	}
+	a.answers.Add(key, accessAnswer{warnings: warnings, expires: time.Now().Add(accessTTL)})
+	return warnings
+}
+
+func (a *LeaseAccess) review(ctx context.Context, ns, sa, lease string, verbs []string) ([]string, error) {
 	allowed := make([]bool, len(verbs))
 	errs := make([]error, len(verbs))
 	var wg sync.WaitGroup
@@ -61,17 +85,17 @@ func (a *LeaseAccess) Warnings(ctx context.Context, pod *corev1.Pod) []string {
 	var missing []string
 	for i, verb := range verbs {
 		if errs[i] != nil {
-			return []string{fmt.Sprintf("could not check whether service account %s/%s may use Leases: %v", ns, sa, errs[i])}
+			return nil, errs[i]
 		}
 		if !allowed[i] {
 			missing = append(missing, verb)
 		}
 	}
 	if len(missing) == 0 {
-		return nil
+		return nil, nil
 	}
 	return []string{fmt.Sprintf("service account %s/%s may not %s leases in namespace %s, so klock will fail when the pod runs; grant it with: "+
 		"kubectl -n %s create role klock-lease-holder --verb=%s --resource=leases.coordination.k8s.io && "+
 		"kubectl -n %s create rolebinding klock-lease-holder-%s --role=klock-lease-holder --serviceaccount=%s:%s",
-		ns, sa, strings.Join(missing, ", "), ns, ns, strings.Join(verbs, ","), ns, sa, ns, sa)}
+		ns, sa, strings.Join(missing, ", "), ns, ns, strings.Join(verbs, ","), ns, sa, ns, sa)}, nil
 }

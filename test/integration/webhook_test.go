@@ -2,13 +2,9 @@ package integration
 
 import (
 	"context"
-	"crypto/tls"
-	"net"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/google/go-cmp/cmp"
 	appsv1 "k8s.io/api/apps/v1"
@@ -24,29 +20,20 @@ import (
 
 const testKlockImage = "ghcr.io/klock-io/klock:test"
 
-// startWebhook serves the webhook where the installed configuration sends
-// requests, until the test ends, and waits until it answers TLS.
+// startWebhook serves the webhook until the test ends.
 func startWebhook(t *testing.T) {
 	t.Helper()
-	host, port, certDir := cp.WebhookServing()
-	o := webhook.NewServerOptions()
-	o.Port, o.CertDir, o.KlockImage, o.MetricsAddr, o.ProbeAddr = port, certDir, testKlockImage, "0", "0"
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- webhook.Run(ctx, o, cp.Config) }()
+	done, err := cp.ServeWebhook(ctx, testKlockImage)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("webhook server: %v", err)
 		}
-	})
-	addr := net.JoinHostPort(host, strconv.Itoa(port))
-	eventually(t, 30*time.Second, "the webhook to serve TLS", func() bool {
-		conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true}) // only checks that it serves
-		if err == nil {
-			_ = conn.Close()
-		}
-		return err == nil
 	})
 }
 
