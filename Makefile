@@ -58,18 +58,19 @@ fuzz: ## Fuzz the pod mutation for a minute (FUZZTIME=10m for longer).
 	$(GO) test -run '^$$' -fuzz FuzzMutate -fuzztime $(or $(FUZZTIME),1m) ./webhook
 
 .PHONY: bench
-bench: control-plane ## Measure handoff, takeover, overhead, idle requests and binary size.
+bench: control-plane ## Measure the lock (handoff, takeover, overhead, requests, size) and the webhook (mutation, pod-create latency, throughput).
 	cd test && $(GO) test -count=1 -timeout 30m -run '^$$' -bench . -benchtime 1x ./bench/...
 
 .PHONY: demo
-demo: control-plane build ## Start a local control plane and show two klock runs contending for one lease.
+demo: control-plane build ## Start a local control plane: two klock runs contending, then the webhook wrapping workloads.
 	cd test && $(GO) run ./demo -klock $(BIN)/klock
 
 ##@ Build
 
 .PHONY: build
-build: ## Build the static klock binary into bin/.
+build: ## Build the static klock and klock-webhook binaries into bin/.
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(GO_LDFLAGS)' -o $(BIN)/klock ./cmd/klock
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(GO_LDFLAGS)' -o $(BIN)/klock-webhook ./cmd/klock-webhook
 
 .PHONY: control-plane
 control-plane: $(ASSETS)/kube-apiserver $(ASSETS)/etcd ## Build kube-apiserver and etcd from their Go modules (cached in bin/).

@@ -42,6 +42,15 @@ func run(klockBin string) error {
 	}
 	defer cp.Stop()
 	say("demo", "control plane ready")
+	if err := lockDemo(cp, klockBin); err != nil {
+		return err
+	}
+	return webhookDemo(cp, klockBin)
+}
+
+// lockDemo: two klock runs contend for one Lease.
+func lockDemo(cp *framework.ControlPlane, klockBin string) error {
+	fmt.Println("\n== Two klock runs, one lease ==")
 
 	script := `echo "got the lock as $KLOCK_HOLDER_IDENTITY, fencing token $KLOCK_FENCING_TOKEN"; sleep "$1"; echo "done"`
 	var wg sync.WaitGroup
