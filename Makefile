@@ -54,8 +54,9 @@ integration: control-plane ## Run the integration tests against a real kube-apis
 	cd test && $(GO) test -race -count=1 -timeout 20m ./integration/...
 
 .PHONY: fuzz
-fuzz: ## Fuzz the pod mutation for a minute (FUZZTIME=10m for longer).
+fuzz: ## Fuzz the pod mutation and the pod handler, a minute each (FUZZTIME=10m for longer).
 	$(GO) test -run '^$$' -fuzz FuzzMutate -fuzztime $(or $(FUZZTIME),1m) ./webhook
+	$(GO) test -run '^$$' -fuzz FuzzPodHandler -fuzztime $(or $(FUZZTIME),1m) ./webhook
 
 .PHONY: bench
 bench: control-plane ## Measure the lock (handoff, takeover, overhead, requests, size) and the webhook (mutation, pod-create latency, throughput).

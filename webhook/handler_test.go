@@ -1,0 +1,86 @@
+package webhook
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+)
+
+func podRequest(op admissionv1.Operation, raw []byte) admission.Request {
+	return admission.Request{AdmissionRequest: admissionv1.AdmissionRequest{
+		Operation: op, Namespace: "ns",
+		Kind:   metav1.GroupVersionKind{Version: "v1", Kind: "Pod"},
+		Object: runtime.RawExtension{Raw: raw},
+	}}
+}
+
+func rawPod(t testing.TB, p *corev1.Pod) []byte {
+	b, err := json.Marshal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestPodHandler(t *testing.T) {
+	h := NewPodHandler(Scheme(), testOptions, nil, nil)
+	for _, tc := range []struct {
+		name     string
+		req      admission.Request
+		allowed  bool
+		code     int32
+		patched  bool
+		outcome  string
+		contains string
+	}{
+		{name: "undecodable", req: podRequest(admissionv1.Create, []byte("{not json")), code: http.StatusBadRequest, outcome: outcomeError},
+		{name: "not annotated", req: podRequest(admissionv1.Create, rawPod(t, MakePod("p", "").Container("app", "busybox", "true").Obj())), allowed: true, outcome: outcomeSkipped},
+		{name: "annotated", req: podRequest(admissionv1.Create, rawPod(t, MakePod("p", "").Lease("x").Container("app", "busybox", "true").Obj())), allowed: true, patched: true, outcome: outcomeWrapped},
+		{name: "bad annotation", req: podRequest(admissionv1.Create, rawPod(t, MakePod("p", "").Lease("x").Annotation(AnnotationWait, "soon").Container("app", "busybox", "true").Obj())),
+			code: http.StatusForbidden, outcome: outcomeDenied, contains: "klock.io/wait"},
+		{name: "not a create", req: podRequest(admissionv1.Update, rawPod(t, MakePod("p", "").Lease("x").Container("app", "busybox", "true").Obj())), allowed: true, outcome: outcomeSkipped},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := testutil.ToFloat64(admissions.WithLabelValues("Pod", tc.outcome))
+			resp := h.Handle(context.Background(), tc.req)
+			if resp.Allowed != tc.allowed || (len(resp.Patches) > 0) != tc.patched {
+				t.Errorf("allowed %v with %d patches, want %v, patched %v (%+v)", resp.Allowed, len(resp.Patches), tc.allowed, tc.patched, resp.Result)
+			}
+			if tc.code != 0 && (resp.Result == nil || resp.Result.Code != tc.code) {
+				t.Errorf("result %+v, want code %d", resp.Result, tc.code)
+			}
+			if tc.contains != "" && (resp.Result == nil || !strings.Contains(resp.Result.Message, tc.contains)) {
+				t.Errorf("result %+v, want a message containing %q", resp.Result, tc.contains)
+			}
+			if got := testutil.ToFloat64(admissions.WithLabelValues("Pod", tc.outcome)) - before; got != 1 {
+				t.Errorf("the %q admissions counter grew by %v, want 1", tc.outcome, got)
+			}
+		})
+	}
+}
+
+// FuzzPodHandler: whatever bytes arrive as the object, the handler answers
+// and does not panic.
+func FuzzPodHandler(f *testing.F) {
+	f.Add(rawPod(f, MakePod("p", "").Lease("x").Container("app", "busybox", "true").Obj()))
+	f.Add(rawPod(f, MakePod("p", "").Lease("x").Annotation(AnnotationContainer, "nope").Obj()))
+	f.Add([]byte(`{"metadata":{"annotations":{"klock.io/lease":"x"}},"spec":{"containers":[{"name":"a","args":["b"]}]}}`))
+	f.Add([]byte(`{"metadata":{"annotations":{"klock.io/lease":null}}}`))
+	f.Add([]byte(`[]`))
+	h := NewPodHandler(Scheme(), testOptions, nil, nil)
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		resp := h.Handle(context.Background(), podRequest(admissionv1.Create, raw))
+		if !resp.Allowed && resp.Result == nil {
+			t.Fatal("a refusal without a reason")
+		}
+	})
+}
