@@ -33,14 +33,9 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
-	env, err := framework.Setup()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer env.Teardown()
-	cp, bins = env.ControlPlane, env.Binaries
-	return m.Run()
+	return framework.Main(m, func(env *framework.Env) {
+		cp, bins = env.ControlPlane, env.Binaries
+	})
 }
 
 // klockCmd returns a klock command against the control plane.

@@ -11,7 +11,6 @@ import (
 
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
@@ -74,7 +73,9 @@ func BenchmarkWebhookPodCreate(b *testing.B) {
 	if _, err := cp.ServeWebhook(ctx, "klock:bench"); err != nil {
 		b.Fatal(err)
 	}
-	grant(b, ns)
+	if err := cp.GrantLeases(ctx, ns, "default"); err != nil {
+		b.Fatal(err)
+	}
 	pods := cp.Client.CoreV1().Pods(ns)
 	create := func(annotated bool, i int) time.Duration {
 		start := time.Now()
@@ -114,21 +115,4 @@ func BenchmarkWebhookPodCreate(b *testing.B) {
 	perSecond := float64(created.Load()) / 5
 	b.ReportMetric(perSecond, "wrapped-pods/s")
 	fmt.Printf("%-28s %.0f pods/s (8 clients, through the API server)\n", "admission throughput", perSecond)
-}
-
-func grant(b *testing.B, ns string) {
-	ctx := context.Background()
-	if _, err := cp.Client.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{
-		ObjectMeta: metav1.ObjectMeta{Name: "leases"},
-		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "create", "update", "watch"}}},
-	}, metav1.CreateOptions{}); err != nil {
-		b.Fatal(err)
-	}
-	if _, err := cp.Client.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "leases"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: "leases"},
-		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: "default", Namespace: ns}},
-	}, metav1.CreateOptions{}); err != nil {
-		b.Fatal(err)
-	}
 }

@@ -12,7 +12,6 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/klock-io/klock/test/framework"
@@ -31,7 +30,7 @@ func webhookDemo(cp *framework.ControlPlane, klockBin string) error {
 	}
 	say("demo", "klock-webhook serves; the MutatingWebhookConfiguration from deploy/ is installed")
 	const ns = "default"
-	if err := grantLeases(ctx, cp, ns); err != nil {
+	if err := cp.GrantLeases(ctx, ns, "default"); err != nil {
 		return err
 	}
 
@@ -125,21 +124,4 @@ func klockAnnotations(a map[string]string) string {
 		}
 	}
 	return strings.Join(parts, ", ")
-}
-
-// grantLeases lets the default service account use Leases, as a user would.
-func grantLeases(ctx context.Context, cp *framework.ControlPlane, ns string) error {
-	rbac := cp.Client.RbacV1()
-	if _, err := rbac.Roles(ns).Create(ctx, &rbacv1.Role{
-		ObjectMeta: metav1.ObjectMeta{Name: "klock-lease-holder"},
-		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "create", "update", "watch"}}},
-	}, metav1.CreateOptions{}); err != nil {
-		return err
-	}
-	_, err := rbac.RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "klock-lease-holder"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: "klock-lease-holder"},
-		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: "default", Namespace: ns}},
-	}, metav1.CreateOptions{})
-	return err
 }

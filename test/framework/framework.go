@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -200,4 +201,36 @@ func Setup() (*Env, error) {
 func (e *Env) Teardown() {
 	_ = e.Stop()
 	_ = os.RemoveAll(e.dir)
+}
+
+// Main is a TestMain body: it sets up an Env, hands it to use, runs the
+// tests and tears the Env down, and returns the exit code.
+func Main(m interface{ Run() int }, use func(*Env)) int {
+	env, err := Setup()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer env.Teardown()
+	use(env)
+	return m.Run()
+}
+
+// GrantLeases lets service account sa use Leases in ns, with the Role and
+// RoleBinding the README tells users to create.
+func (cp *ControlPlane) GrantLeases(ctx context.Context, ns, sa string) error {
+	rbac := cp.Client.RbacV1()
+	name := "klock-lease-holder-" + sa
+	if _, err := rbac.Roles(ns).Create(ctx, &rbacv1.Role{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "create", "update", "watch", "delete"}}},
+	}, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	_, err := rbac.RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: name},
+		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: sa, Namespace: ns}},
+	}, metav1.CreateOptions{})
+	return err
 }

@@ -6,7 +6,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"fmt"
 	"net/url"
 	"os"
 	"os/exec"
@@ -38,14 +37,9 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
-	env, err := framework.Setup()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer env.Teardown()
-	cp, klockBin, probeBin = env.ControlPlane, env.Klock, env.Probe
-	return m.Run()
+	return framework.Main(m, func(env *framework.Env) {
+		cp, klockBin, probeBin = env.ControlPlane, env.Klock, env.Probe
+	})
 }
 
 // namespace creates a namespace for one test.

@@ -10,7 +10,6 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -271,22 +270,10 @@ func TestWebhook(t *testing.T) {
 	})
 }
 
-// grantLeases lets service account sa use Leases in ns, as the README says.
+// grantLeases lets service account sa use Leases in ns.
 func grantLeases(t *testing.T, ns, sa string) {
 	t.Helper()
-	ctx := context.Background()
-	rbac := cp.Client.RbacV1()
-	if _, err := rbac.Roles(ns).Create(ctx, &rbacv1.Role{
-		ObjectMeta: metav1.ObjectMeta{Name: "klock-lease-holder-" + sa},
-		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "create", "update", "watch", "delete"}}},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := rbac.RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "klock-lease-holder-" + sa},
-		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: "klock-lease-holder-" + sa},
-		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: sa, Namespace: ns}},
-	}, metav1.CreateOptions{}); err != nil {
+	if err := cp.GrantLeases(context.Background(), ns, sa); err != nil {
 		t.Fatal(err)
 	}
 }
