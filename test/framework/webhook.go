@@ -8,6 +8,9 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/go-logr/logr"
+	ctrl "sigs.k8s.io/controller-runtime"
+
 	"github.com/klock-io/klock/webhook"
 )
 
@@ -15,6 +18,7 @@ import (
 // configuration sends requests, and returns once it answers TLS. It stops
 // when ctx ends; the returned channel then yields its error.
 func (cp *ControlPlane) ServeWebhook(ctx context.Context, klockImage string) (<-chan error, error) {
+	ctrl.SetLogger(logr.Discard()) // the tests read what the webhook does from the API server
 	host, port, certDir := cp.WebhookServing()
 	o := webhook.NewServerOptions()
 	o.Port, o.CertDir, o.KlockImage, o.MetricsAddr, o.ProbeAddr = port, certDir, klockImage, "0", "0"
