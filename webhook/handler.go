@@ -74,7 +74,9 @@ func (h *PodHandler) handle(ctx context.Context, req admission.Request) (admissi
 	if i, ferr := Target(pod); ferr == nil && len(pod.Spec.Containers[i].Command) == 0 && h.images != nil {
 		c := &pod.Spec.Containers[i]
 		if image, err = h.images.Resolve(ctx, pod, c); err != nil {
-			return admission.Denied(fmt.Sprintf("klock must know what container %q runs, and reading the ENTRYPOINT and CMD of image %q failed: %v; set command (and args) in the pod spec", c.Name, c.Image, err)), outcomeDenied
+			// Mutate, without the image, lists everything else to fix too.
+			_, merr := Mutate(pod.DeepCopy(), h.options, nil)
+			return admission.Denied(fmt.Sprintf("reading the ENTRYPOINT and CMD of image %q failed: %v; %v", c.Image, err, merr)), outcomeDenied
 		}
 	}
 	warnings, err := Mutate(pod, h.options, image)

@@ -50,24 +50,27 @@ func (r *RegistryResolver) Resolve(ctx context.Context, pod *corev1.Pod, c *core
 	if err != nil {
 		return nil, fmt.Errorf("cannot parse the image reference: %w", err)
 	}
+	platform := r.platformFor(pod)
+	digest, byDigest := ref.(name.Digest)
+	if byDigest {
+		if cached, ok := r.cache.Get(cacheKey(digest, platform)); ok {
+			return cached.(*ImageCommand), nil // no request at all
+		}
+	}
 	keychain, err := r.keychain(ctx, pod)
 	if err != nil {
 		return nil, err
 	}
 	opts := append([]remote.Option{remote.WithContext(ctx), remote.WithAuthFromKeychain(keychain)}, r.opts...)
-
-	digest, ok := ref.(name.Digest)
-	if !ok {
+	if !byDigest {
 		desc, err := remote.Head(ref, opts...)
 		if err != nil {
 			return nil, explain(err)
 		}
 		digest = ref.Context().Digest(desc.Digest.String())
-	}
-	platform := r.platformFor(pod)
-	key := digest.String() + " " + platform.String()
-	if cached, ok := r.cache.Get(key); ok {
-		return cached.(*ImageCommand), nil
+		if cached, ok := r.cache.Get(cacheKey(digest, platform)); ok {
+			return cached.(*ImageCommand), nil
+		}
 	}
 	img, err := remote.Image(digest, append(opts, remote.WithPlatform(platform))...)
 	if err != nil {
@@ -78,9 +81,11 @@ func (r *RegistryResolver) Resolve(ctx context.Context, pod *corev1.Pod, c *core
 		return nil, err
 	}
 	cmd := &ImageCommand{Entrypoint: cfg.Config.Entrypoint, Cmd: cfg.Config.Cmd}
-	r.cache.Add(key, cmd)
+	r.cache.Add(cacheKey(digest, platform), cmd)
 	return cmd, nil
 }
+
+func cacheKey(d name.Digest, p v1.Platform) string { return d.String() + " " + p.String() }
 
 // explain adds the likely cause to a registry's refusal.
 func explain(err error) error {

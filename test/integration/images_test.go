@@ -87,7 +87,11 @@ func TestWebhookReadsImageEntrypoints(t *testing.T) {
 	arm64 := v1.Platform{OS: "linux", Architecture: "arm64"}
 	creds := &authn.Basic{Username: "puller", Password: "s3cret"}
 
-	pushImage(t, pub+"/tools/echo:v1", authn.Anonymous, amd64, []string{"/bin/echo"}, []string{"hello", "$(HOME)"})
+	echo := pushImage(t, pub+"/tools/echo:v1", authn.Anonymous, amd64, []string{"/bin/echo"}, []string{"hello", "$(HOME)"})
+	echoDigest, err := echo.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
 	pushImage(t, priv+"/team/app:v1", creds, amd64, []string{"/app"}, []string{"--serve"})
 	index := mutate.AppendManifests(empty.Index,
 		mutate.IndexAddendum{Add: pushImage(t, "", nil, amd64, []string{"/on-amd64"}, nil), Descriptor: v1.Descriptor{Platform: &amd64}},
@@ -192,6 +196,25 @@ func TestWebhookReadsImageEntrypoints(t *testing.T) {
 		}
 		if got := requests.Load(); got != 1 {
 			t.Errorf("%d registry requests for an image read before, want 1", got)
+		}
+	})
+
+	t.Run("an image named by digest, read before by its tag, costs no request", func(t *testing.T) {
+		byDigest := pub + "/tools/echo@" + echoDigest.String()
+		for i, want := range []int64{0, 0} {
+			p := pod("", lease, corev1.Container{Name: "app", Image: byDigest})
+			p.GenerateName = "digest-"
+			requests.Store(0)
+			got, err := cp.Client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n := requests.Load(); n != want {
+				t.Errorf("pod %d: %d registry requests, want %d", i, n, want)
+			}
+			if diff := cmp.Diff(append(klock, "/bin/echo", "hello", "$$(HOME)"), got.Spec.Containers[0].Command); diff != "" {
+				t.Errorf("command (-want,+got):\n%s", diff)
+			}
 		}
 	})
 }
