@@ -50,8 +50,8 @@ unit: ## Run the unit tests.
 	$(GO) test -race -count=1 ./...
 
 .PHONY: integration
-integration: control-plane ## Run the integration tests against a real kube-apiserver and etcd.
-	cd test && $(GO) test -race -count=1 -timeout 20m ./integration/...
+integration: control-plane ## Run the integration tests against a real kube-apiserver and etcd, and the image builder's.
+	cd test && $(GO) test -race -count=1 -timeout 20m ./integration/... ./image/...
 
 .PHONY: fuzz
 fuzz: ## Fuzz the pod mutation and the pod handler, a minute each (FUZZTIME=10m for longer).
@@ -72,6 +72,10 @@ demo: control-plane build ## Start a local control plane: two klock runs contend
 build: ## Build the static klock and klock-webhook binaries into bin/.
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(GO_LDFLAGS)' -o $(BIN)/klock ./cmd/klock
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(GO_LDFLAGS)' -o $(BIN)/klock-webhook ./cmd/klock-webhook
+
+.PHONY: image-tarball
+image-tarball: build ## Build the klock image (the Dockerfile's layout) into bin/klock-image.tar, without Docker.
+	cd test && $(GO) run ./cmd/klock-image -klock $(BIN)/klock -webhook $(BIN)/klock-webhook -tag ghcr.io/klock-io/klock:$(VERSION) -o $(BIN)/klock-image.tar
 
 .PHONY: control-plane
 control-plane: $(ASSETS)/kube-apiserver $(ASSETS)/etcd ## Build kube-apiserver and etcd from their Go modules (cached in bin/).

@@ -3,15 +3,17 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 
 	"github.com/spf13/pflag"
+	"go.uber.org/zap/zapcore"
 	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/client/config"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
+	"github.com/klock-io/klock/internal/version"
 	"github.com/klock-io/klock/webhook"
 )
 
@@ -19,24 +21,35 @@ func main() {
 	o := webhook.NewServerOptions()
 	fs := pflag.NewFlagSet("klock-webhook", pflag.ContinueOnError)
 	o.AddFlags(fs)
-	if err := fs.Parse(os.Args[1:]); err != nil {
-		if err == pflag.ErrHelp {
-			os.Exit(0)
-		}
+	showVersion := fs.BoolP("version", "V", false, "Print the version and exit.")
+	err := fs.Parse(os.Args[1:])
+	switch {
+	case errors.Is(err, pflag.ErrHelp):
+		os.Exit(0)
+	case err != nil:
+		fmt.Fprintf(os.Stderr, "klock-webhook: %v\n", err)
+		os.Exit(2)
+	case *showVersion:
+		fmt.Printf("klock-webhook %s\n", version.Version)
+		os.Exit(0)
+	}
+	if err := o.Validate(); err != nil {
 		fmt.Fprintf(os.Stderr, "klock-webhook: %v\n", err)
 		os.Exit(2)
 	}
-	ctrl.SetLogger(zap.New())
+	// Structured JSON logs; stack traces only for panics, not for errors
+	// a user can fix.
+	ctrl.SetLogger(zap.New(zap.StacktraceLevel(zapcore.DPanicLevel)))
 	os.Exit(run(o))
 }
 
 func run(o *webhook.ServerOptions) int {
-	cfg, err := config.GetConfig() // $KUBECONFIG, ~/.kube/config or in-cluster
-	if o.Kubeconfig != "" {
-		cfg, err = clientcmd.BuildConfigFromFlags("", o.Kubeconfig)
-	}
+	// --kubeconfig, else $KUBECONFIG, ~/.kube/config, in-cluster: as kubectl.
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = o.Kubeconfig
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "klock-webhook: cannot find a cluster: %v\n", err)
+		fmt.Fprintf(os.Stderr, "klock-webhook: no cluster to talk to (%v): run it in a pod with a service account, or pass --kubeconfig\n", err)
 		return 1
 	}
 	if err := webhook.Run(ctrl.SetupSignalHandler(), o, cfg); err != nil {
