@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -493,23 +494,58 @@ func isZombie(pid int) bool {
 	return len(fields) > 2 && fields[2] == "Z"
 }
 
-func TestReapsOrphansAsPID1(t *testing.T) {
+// klock as PID 1 of a PID namespace, as in a container: it reaps orphans,
+// and a signal to it (PID 1 gets none it does not handle) reaches the
+// command.
+func TestAsPID1(t *testing.T) {
 	unshare, err := exec.LookPath("unshare")
 	if err != nil {
 		t.Fatalf("unshare (util-linux) is needed: %v", err)
 	}
 	ns := namespace(t)
-	out := filepath.Join(t.TempDir(), "zombies")
-	// The subshell leaves an orphan sleep behind; once it exits it is a
-	// zombie unless PID 1, here klock, waits for it.
-	script := `(sleep 0.2 &); sleep 1; grep -l '^State:.*Z' /proc/[0-9]*/status | wc -l > "$1"`
-	k := startProcess(t, nil, unshare, "--user", "--map-root-user", "--pid", "--fork", "--mount-proc", klockBin, "--kubeconfig", cp.Kubeconfig, "-n", ns, "--", "sh", "-c", script, "sh", out)
-	if code := k.wait(t, 30*time.Second); code != 0 {
-		t.Fatalf("exit code %d; stderr: %s", code, k.stderr.String())
+	asPID1 := func(t *testing.T, command ...string) *klockCmd {
+		t.Helper()
+		argv := append([]string{"--user", "--map-root-user", "--pid", "--fork", "--mount-proc", klockBin, "--kubeconfig", cp.Kubeconfig, "-n", ns, "--"}, command...)
+		return startProcess(t, nil, unshare, argv...)
 	}
-	if got := readFile(t, out); got != "0" {
-		t.Errorf("%s zombies in klock's PID namespace, want 0", got)
-	}
+
+	t.Run("orphans are reaped", func(t *testing.T) {
+		out := filepath.Join(t.TempDir(), "zombies")
+		// The subshell leaves an orphan sleep behind; once it exits it is
+		// a zombie unless PID 1, here klock, waits for it.
+		k := asPID1(t, "sh", "-c", `(sleep 0.2 &); sleep 1; grep -l '^State:.*Z' /proc/[0-9]*/status | wc -l > "$1"`, "sh", out)
+		if code := k.wait(t, 30*time.Second); code != 0 {
+			t.Fatalf("exit code %d; stderr: %s", code, k.stderr.String())
+		}
+		if got := readFile(t, out); got != "0" {
+			t.Errorf("%s zombies in klock's PID namespace, want 0", got)
+		}
+	})
+
+	t.Run("SIGTERM is forwarded", func(t *testing.T) {
+		log := filepath.Join(t.TempDir(), "log")
+		k := asPID1(t, probe(log, "p", "-sleep", "1h", "-trap")...)
+		waitStarted(t, log, "p")
+		time.Sleep(100 * time.Millisecond) // let the probe install its handler
+		// unshare --fork waits for its child, klock, which is PID 1 inside.
+		children, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", k.Process.Pid, k.Process.Pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(children)))
+		if err != nil {
+			t.Fatalf("unshare's children: %q", children)
+		}
+		if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		if code := k.wait(t, 30*time.Second); code != 100+15 {
+			t.Fatalf("exit code %d, want 115 (the probe's answer to TERM); stderr: %s", code, k.stderr.String())
+		}
+		if sig, ok := find(readLog(t, log), "signal", "p"); !ok || sig.fields[0] != "terminated" {
+			t.Error("the command did not get SIGTERM")
+		}
+	})
 }
 
 // Without the watch verb a waiter falls back to reading the Lease every

@@ -1,0 +1,166 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+
+	"github.com/klock-io/klock/webhook"
+)
+
+// writeCert writes a self-signed serving certificate for 127.0.0.1 with
+// common name cn into dir as tls.crt and tls.key, each replaced at once.
+func writeCert(t *testing.T, dir, cn string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, block := range map[string]*pem.Block{"tls.crt": {Type: "CERTIFICATE", Bytes: der}, "tls.key": {Type: "EC PRIVATE KEY", Bytes: keyDER}} {
+		tmp := filepath.Join(dir, "."+name)
+		if err := os.WriteFile(tmp, pem.EncodeToMemory(block), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// servedName is the common name of the certificate served at addr.
+func servedName(addr string) string {
+	conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true}) // reads the certificate, trusts nothing
+	if err != nil {
+		return ""
+	}
+	defer conn.Close()
+	return conn.ConnectionState().PeerCertificates[0].Subject.CommonName
+}
+
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// The server as klock-webhook runs it: probes, metrics, an admission
+// request over HTTPS, and a certificate replaced while it runs.
+func TestWebhookServer(t *testing.T) {
+	certDir := t.TempDir()
+	writeCert(t, certDir, "first")
+	o := webhook.NewServerOptions()
+	o.Port, o.CertDir, o.KlockImage = freePort(t), certDir, testKlockImage
+	probes, metrics := "127.0.0.1:"+strconv.Itoa(freePort(t)), "127.0.0.1:"+strconv.Itoa(freePort(t))
+	o.ProbeAddr, o.MetricsAddr = probes, metrics
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- webhook.Run(ctx, o, cp.Config) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("webhook server: %v", err)
+		}
+	})
+	addr := "127.0.0.1:" + strconv.Itoa(o.Port)
+
+	eventually(t, 30*time.Second, "/readyz to answer 200", func() bool { code, _ := httpGet(t, "http://"+probes+"/readyz"); return code == 200 })
+	if code, body := httpGet(t, "http://"+probes+"/healthz"); code != 200 {
+		t.Errorf("/healthz: %d %s", code, body)
+	}
+	if got := servedName(addr); got != "first" {
+		t.Fatalf("serving certificate %q, want first", got)
+	}
+
+	t.Run("an AdmissionReview over HTTPS", func(t *testing.T) {
+		raw, _ := json.Marshal(pod("p", map[string]string{webhook.AnnotationLease: "x"}, container("app", "true")))
+		review := admissionv1.AdmissionReview{
+			TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
+			Request: &admissionv1.AdmissionRequest{
+				UID: "1", Operation: admissionv1.Create, Namespace: "ns",
+				Kind:     metav1.GroupVersionKind{Version: "v1", Kind: "Pod"},
+				Resource: metav1.GroupVersionResource{Version: "v1", Resource: "pods"},
+				Object:   runtime.RawExtension{Raw: raw},
+			},
+		}
+		body, _ := json.Marshal(review)
+		// A client that speaks HTTP/2 whenever the server offers it.
+		client := &http.Client{Transport: &http.Transport{ForceAttemptHTTP2: true, TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+		resp, err := client.Post("https://"+addr+webhook.PodsPath, "application/json", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if resp.ProtoMajor != 1 {
+			t.Errorf("served %s, want HTTP/1.1 (HTTP/2 is off by default)", resp.Proto)
+		}
+		var answer admissionv1.AdmissionReview
+		if err := json.NewDecoder(resp.Body).Decode(&answer); err != nil {
+			t.Fatal(err)
+		}
+		if answer.Response == nil || !answer.Response.Allowed || answer.Response.PatchType == nil || !strings.Contains(string(answer.Response.Patch), "klock-install") {
+			t.Errorf("response %+v, want an allowed JSON patch adding klock-install", answer.Response)
+		}
+		_, m := httpGet(t, "http://"+metrics+"/metrics")
+		if want := `klock_webhook_admissions_total{kind="Pod",outcome="wrapped"}`; !strings.Contains(m, want) {
+			t.Errorf("metrics do not show %s", want)
+		}
+		if want := fmt.Sprintf("klock_webhook_admission_duration_seconds_count{kind=%q,outcome=%q}", "Pod", "wrapped"); !strings.Contains(m, want) {
+			t.Errorf("metrics do not show %s", want)
+		}
+	})
+
+	t.Run("a replaced certificate is served without a restart", func(t *testing.T) {
+		writeCert(t, certDir, "second")
+		eventually(t, 30*time.Second, "the new certificate to be served", func() bool { return servedName(addr) == "second" })
+	})
+}
