@@ -40,7 +40,19 @@ func RepoRoot() string {
 
 // Start starts etcd and kube-apiserver from $KUBEBUILDER_ASSETS, which the
 // Makefile points at bin/k8s/<version>.
-func Start() (*ControlPlane, error) {
+func Start() (*ControlPlane, error) { return StartWith(Options{Webhook: true}) }
+
+// Options say what to install into a new control plane.
+type Options struct {
+	// Webhook installs deploy/'s MutatingWebhookConfiguration, pointed at
+	// WebhookServing.
+	Webhook bool
+	// CRDs are files or directories of CustomResourceDefinitions.
+	CRDs []string
+}
+
+// StartWith is Start with what o says installed.
+func StartWith(o Options) (*ControlPlane, error) {
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
 		return nil, fmt.Errorf("KUBEBUILDER_ASSETS is not set: run the tests through make (make integration), which builds kube-apiserver and etcd into bin/")
 	}
@@ -51,9 +63,10 @@ func Start() (*ControlPlane, error) {
 	// The webhook configuration users install, pointed by envtest at a
 	// local port with a certificate of its own; the tests that need the
 	// webhook serve it there (WebhookServing).
-	env := &envtest.Environment{WebhookInstallOptions: envtest.WebhookInstallOptions{
-		Paths: []string{filepath.Join(RepoRoot(), "deploy", "base", "mutatingwebhookconfiguration.yaml")},
-	}}
+	env := &envtest.Environment{CRDInstallOptions: envtest.CRDInstallOptions{Paths: o.CRDs, ErrorIfPathMissing: true}}
+	if o.Webhook {
+		env.WebhookInstallOptions.Paths = []string{filepath.Join(RepoRoot(), "deploy", "base", "mutatingwebhookconfiguration.yaml")}
+	}
 	cfg, err := env.Start()
 	if err != nil {
 		return nil, fmt.Errorf("starting the control plane: %w", err)
