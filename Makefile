@@ -51,7 +51,7 @@ unit: ## Run the unit tests.
 
 .PHONY: integration
 integration: control-plane ## Run the integration tests against a real kube-apiserver and etcd, and the image builder's.
-	cd test && $(GO) test -race -count=1 -timeout 20m ./integration/... ./image/...
+	cd test && $(GO) test -race -count=1 -timeout 20m ./integration/... ./image/... ./deploy/...
 
 .PHONY: fuzz
 fuzz: ## Fuzz the pod mutation and the pod handler, a minute each (FUZZTIME=10m for longer).

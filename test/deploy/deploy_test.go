@@ -106,7 +106,9 @@ func dryRunApply(t *testing.T, objs []*unstructured.Unstructured) {
 		gvk := obj.GroupVersionKind()
 		if gvk.Kind == "Namespace" {
 			// Namespaced objects can only be dry-run in a namespace that exists.
-			if _, err := cp.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: obj.GetName()}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			// It is created for real, with its labels (Pod Security).
+			ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: obj.GetName(), Labels: obj.GetLabels()}}
+			if _, err := cp.Client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 				t.Fatal(err)
 			}
 			continue
