@@ -155,4 +155,3 @@ func TestKustomizeDefaultIsValid(t *testing.T) {
 	}
 	dryRunApply(t, objs)
 }
-
