@@ -5,15 +5,22 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/open-policy-agent/cert-controller/pkg/rotator"
 	"github.com/spf13/pflag"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
@@ -39,18 +46,30 @@ type ServerOptions struct {
 	Kubeconfig      string
 	DefaultPlatform string
 	ImageCacheSize  int
+
+	// SelfManagedTLS: the webhook makes and rotates its own CA and serving
+	// certificate in TLSSecret, writes them into CertDir, and puts the CA
+	// into the MutatingWebhookConfiguration WebhookConfiguration.
+	SelfManagedTLS       bool
+	TLSSecret            string // namespace/name
+	DNSNames             []string
+	WebhookConfiguration string
+	// LeaderElect makes one replica at a time rotate the certificate
+	// (leader election Lease in the TLS Secret's namespace); all serve.
+	LeaderElect bool
 }
 
 // NewServerOptions returns the defaults.
 func NewServerOptions() *ServerOptions {
 	return &ServerOptions{
-		Port:            9443,
-		CertDir:         "/tmp/k8s-webhook-server/serving-certs",
-		ImagePullPolicy: string(corev1.PullIfNotPresent),
-		MetricsAddr:     ":8080",
-		ProbeAddr:       ":8081",
-		DefaultPlatform: "linux/amd64",
-		ImageCacheSize:  1024,
+		Port:                 9443,
+		CertDir:              "/tmp/k8s-webhook-server/serving-certs",
+		ImagePullPolicy:      string(corev1.PullIfNotPresent),
+		MetricsAddr:          ":8080",
+		ProbeAddr:            ":8081",
+		DefaultPlatform:      "linux/amd64",
+		ImageCacheSize:       1024,
+		WebhookConfiguration: "klock",
 	}
 }
 
@@ -66,6 +85,11 @@ func (o *ServerOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "Kubeconfig to use outside a cluster.")
 	fs.StringVar(&o.DefaultPlatform, "default-platform", o.DefaultPlatform, "Platform whose ENTRYPOINT and CMD are read from multi-platform images, unless a pod's nodeSelector says otherwise.")
 	fs.IntVar(&o.ImageCacheSize, "image-cache-size", o.ImageCacheSize, "How many image configs to keep, by digest.")
+	fs.BoolVar(&o.SelfManagedTLS, "self-managed-tls", o.SelfManagedTLS, "Make and rotate the CA and serving certificate in --tls-secret, and put the CA into --webhook-configuration.")
+	fs.StringVar(&o.TLSSecret, "tls-secret", o.TLSSecret, "With --self-managed-tls: the Secret (namespace/name) that keeps the certificates.")
+	fs.StringSliceVar(&o.DNSNames, "dns-names", o.DNSNames, "With --self-managed-tls: the names the serving certificate is for, such as klock-webhook.klock-system.svc.")
+	fs.StringVar(&o.WebhookConfiguration, "webhook-configuration", o.WebhookConfiguration, "With --self-managed-tls: the MutatingWebhookConfiguration whose caBundle to keep.")
+	fs.BoolVar(&o.LeaderElect, "leader-elect", o.LeaderElect, "With --self-managed-tls: let one replica at a time rotate the certificate.")
 }
 
 // Validate checks the flags.
@@ -84,6 +108,17 @@ func (o *ServerOptions) Validate() error {
 	}
 	if o.ImageCacheSize < 1 {
 		errs = append(errs, fmt.Errorf("--image-cache-size %d: give at least 1", o.ImageCacheSize))
+	}
+	if o.SelfManagedTLS {
+		if ns, name, ok := strings.Cut(o.TLSSecret, "/"); !ok || ns == "" || name == "" {
+			errs = append(errs, fmt.Errorf("--tls-secret %q: give namespace/name, such as klock-system/klock-webhook-tls", o.TLSSecret))
+		}
+		if len(o.DNSNames) == 0 {
+			errs = append(errs, errors.New("--dns-names is required with --self-managed-tls: the Service's names, such as klock-webhook.klock-system.svc"))
+		}
+		if o.WebhookConfiguration == "" {
+			errs = append(errs, errors.New("--webhook-configuration is required with --self-managed-tls"))
+		}
 	}
 	if o.Port < 1 || o.Port > 65535 {
 		errs = append(errs, fmt.Errorf("--webhook-port %d: give a port from 1 to 65535", o.Port))
@@ -110,32 +145,83 @@ func Run(ctx context.Context, o *ServerOptions, config *rest.Config) error {
 		tlsOpts = append(tlsOpts, func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} })
 	}
 	scheme := Scheme()
-	mgr, err := ctrl.NewManager(config, ctrl.Options{
+	server := webhook.NewServer(webhook.Options{Port: o.Port, CertDir: o.CertDir, TLSOpts: tlsOpts})
+	mo := ctrl.Options{
 		Scheme:                 scheme,
 		Metrics:                metricsserver.Options{BindAddress: o.MetricsAddr},
 		HealthProbeBindAddress: o.ProbeAddr,
-		WebhookServer:          webhook.NewServer(webhook.Options{Port: o.Port, CertDir: o.CertDir, TLSOpts: tlsOpts}),
-	})
+		WebhookServer:          server,
+	}
+	var secret types.NamespacedName
+	if o.SelfManagedTLS {
+		ns, name, _ := strings.Cut(o.TLSSecret, "/")
+		secret = types.NamespacedName{Namespace: ns, Name: name}
+		mo.LeaderElection, mo.LeaderElectionID, mo.LeaderElectionNamespace = o.LeaderElect, "klock-webhook-certs", ns
+		// Watch the one Secret and the one webhook configuration, not all.
+		mo.Cache.ByObject = map[client.Object]cache.ByObject{
+			&corev1.Secret{}: {Namespaces: map[string]cache.Config{ns: {}}, Field: fields.OneTermEqualSelector("metadata.name", name)},
+			&admissionregistrationv1.MutatingWebhookConfiguration{}: {Field: fields.OneTermEqualSelector("metadata.name", o.WebhookConfiguration)},
+		}
+	}
+	mgr, err := ctrl.NewManager(config, mo)
 	if err != nil {
 		return fmt.Errorf("cannot set up the webhook server: %w", err)
 	}
 	opts := Options{Image: o.KlockImage, ImagePullPolicy: corev1.PullPolicy(o.ImagePullPolicy)}
 	// A direct client, not the manager's cache: pull secrets are read for
 	// the pods that need them, not watched cluster-wide.
-	client, err := kubernetes.NewForConfig(config)
+	clientset, err := kubernetes.NewForConfig(config)
 	if err != nil {
 		return err
 	}
 	platform, _ := v1.ParsePlatform(o.DefaultPlatform) // validated above
-	images := NewRegistryResolver(client, *platform, o.ImageCacheSize, nil)
-	server := mgr.GetWebhookServer()
-	server.Register(PodsPath, &admission.Webhook{Handler: NewPodHandler(scheme, opts, images, NewLeaseAccess(client))})
+	images := NewRegistryResolver(clientset, *platform, o.ImageCacheSize, nil)
+	server.Register(PodsPath, &admission.Webhook{Handler: NewPodHandler(scheme, opts, images, NewLeaseAccess(clientset))})
 	server.Register(WorkloadsPath, &admission.Webhook{Handler: NewWorkloadHandler(scheme)})
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
 		return err
 	}
+	// Ready once the server serves, which with self-managed TLS is once the
+	// certificates are in CertDir.
 	if err := mgr.AddReadyzCheck("webhook", server.StartedChecker()); err != nil {
 		return err
 	}
-	return mgr.Start(ctx)
+	if !o.SelfManagedTLS {
+		if err := mgr.Add(server); err != nil {
+			return err
+		}
+		return mgr.Start(ctx)
+	}
+
+	certsReady := make(chan struct{})
+	if err := rotator.AddRotator(mgr, &rotator.CertRotator{
+		SecretKey:             secret,
+		CertDir:               o.CertDir,
+		CAName:                "klock-webhook-ca",
+		CAOrganization:        "klock",
+		DNSName:               o.DNSNames[0],
+		ExtraDNSNames:         o.DNSNames[1:],
+		IsReady:               certsReady,
+		Webhooks:              []rotator.WebhookInfo{{Name: o.WebhookConfiguration, Type: rotator.Mutating}},
+		RequireLeaderElection: o.LeaderElect,
+	}); err != nil {
+		return fmt.Errorf("cannot set up certificate rotation: %w", err)
+	}
+	// The server reads the certificates when it starts: start it once the
+	// rotator has written them.
+	serverErr := make(chan error, 1)
+	go func() {
+		select {
+		case <-certsReady:
+			serverErr <- mgr.Add(server)
+		case <-ctx.Done():
+		}
+	}()
+	err = mgr.Start(ctx)
+	select {
+	case addErr := <-serverErr:
+		return errors.Join(err, addErr)
+	default:
+		return err
+	}
 }

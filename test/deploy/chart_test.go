@@ -74,7 +74,11 @@ func find(objs []*unstructured.Unstructured, kind, name string) *unstructured.Un
 func TestHelmLint(t *testing.T) {
 	lint := action.NewLint()
 	lint.Strict = true
-	for _, values := range []map[string]any{nil, {"tls": map[string]any{"mode": "secret", "secret": map[string]any{"name": "tls", "caBundle": "Q0E="}}}} {
+	for _, values := range []map[string]any{
+		nil,
+		{"tls": map[string]any{"mode": "secret", "secret": map[string]any{"name": "tls", "caBundle": "Q0E="}}},
+		{"tls": map[string]any{"mode": "selfManaged"}},
+	} {
 		if res := lint.Run([]string{chartDir}, values); len(res.Errors) > 0 {
 			t.Errorf("helm lint --strict (values %v): %v", values, res.Errors)
 		}
@@ -143,6 +147,27 @@ func TestHelmChart(t *testing.T) {
 				vols, _, _ := unstructured.NestedSlice(find(objs, "Deployment", "klock-webhook").Object, "spec", "template", "spec", "volumes")
 				if got, _, _ := unstructured.NestedString(vols[0].(map[string]any), "secret", "secretName"); got != "my-tls" {
 					t.Errorf("the Deployment mounts %q", got)
+				}
+			},
+		},
+		{
+			name:   "self-managed TLS",
+			values: map[string]any{"tls": map[string]any{"mode": "selfManaged"}},
+			check: func(t *testing.T, objs []*unstructured.Unstructured) {
+				if find(objs, "Certificate", "klock-webhook") != nil || find(objs, "Secret", "klock-webhook-tls") == nil ||
+					find(objs, "Role", "klock-webhook-certs") == nil || find(objs, "ClusterRole", "klock-webhook-cabundle") == nil {
+					t.Error("want the Secret and the rotation's RBAC, and no Certificate")
+				}
+				if got := find(objs, "MutatingWebhookConfiguration", "klock").GetAnnotations(); len(got) != 0 {
+					t.Errorf("annotations %v: nothing should inject the CA but the webhook", got)
+				}
+				containers, _, _ := unstructured.NestedSlice(find(objs, "Deployment", "klock-webhook").Object, "spec", "template", "spec", "containers")
+				args, _, _ := unstructured.NestedStringSlice(containers[0].(map[string]any), "args")
+				for _, want := range []string{"--self-managed-tls", "--tls-secret=klock-system/klock-webhook-tls",
+					"--dns-names=klock-webhook.klock-system.svc,klock-webhook.klock-system.svc.cluster.local", "--webhook-configuration=klock", "--leader-elect"} {
+					if !slices.Contains(args, want) {
+						t.Errorf("args %q lack %q", args, want)
+					}
 				}
 			},
 		},

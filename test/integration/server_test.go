@@ -24,9 +24,13 @@ import (
 	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/yaml"
 
+	"github.com/klock-io/klock/test/framework"
 	"github.com/klock-io/klock/webhook"
 )
 
@@ -163,4 +167,102 @@ func TestWebhookServer(t *testing.T) {
 		writeCert(t, certDir, "second")
 		eventually(t, 30*time.Second, "the new certificate to be served", func() bool { return servedName(addr) == "second" })
 	})
+}
+
+// With --self-managed-tls the webhook makes its CA and serving certificate,
+// keeps them in a Secret, serves them, and puts the CA into the webhook
+// configuration, so that the API server trusts it with no cert-manager.
+func TestWebhookSelfManagedTLS(t *testing.T) {
+	ctx := context.Background()
+	ns := namespace(t)
+	data, err := os.ReadFile(filepath.Join(framework.RepoRoot(), "deploy", "base", "mutatingwebhookconfiguration.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mwc := &admissionregistrationv1.MutatingWebhookConfiguration{}
+	if err := yaml.Unmarshal(data, mwc); err != nil {
+		t.Fatal(err)
+	}
+	mwc.Name = "klock-self-managed"
+	mwcs := cp.Client.AdmissionregistrationV1().MutatingWebhookConfigurations()
+	if _, err := mwcs.Create(ctx, mwc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = mwcs.Delete(ctx, mwc.Name, metav1.DeleteOptions{}) })
+
+	// The Secret exists, empty, as the chart creates it; the webhook fills it.
+	if _, err := cp.Client.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "klock-webhook-tls"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	o := webhook.NewServerOptions()
+	o.Port, o.CertDir, o.KlockImage = freePort(t), t.TempDir(), testKlockImage
+	probes := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	o.ProbeAddr, o.MetricsAddr = probes, "0"
+	dnsName := "klock-webhook." + ns + ".svc"
+	o.SelfManagedTLS, o.TLSSecret, o.DNSNames, o.WebhookConfiguration, o.LeaderElect =
+		true, ns+"/klock-webhook-tls", []string{dnsName, dnsName + ".cluster.local"}, mwc.Name, true
+	runCtx, cancel := context.WithCancel(ctx)
+	go mountSecret(runCtx, ns, "klock-webhook-tls", o.CertDir)
+	done := make(chan error, 1)
+	go func() { done <- webhook.Run(runCtx, o, cp.Config) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("webhook server: %v", err)
+		}
+	})
+	eventually(t, 60*time.Second, "/readyz to answer 200", func() bool { code, _ := httpGet(t, "http://"+probes+"/readyz"); return code == 200 })
+
+	secret, err := cp.Client.CoreV1().Secrets(ns).Get(ctx, "klock-webhook-tls", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := secret.Data["ca.crt"]
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(ca) {
+		t.Fatalf("the Secret holds no CA: %v", secret.Data)
+	}
+	eventually(t, 30*time.Second, "the CA in both webhooks of the configuration", func() bool {
+		got, err := mwcs.Get(ctx, mwc.Name, metav1.GetOptions{})
+		if err != nil {
+			return false
+		}
+		for _, w := range got.Webhooks {
+			if !bytes.Equal(w.ClientConfig.CABundle, ca) {
+				return false
+			}
+		}
+		return true
+	})
+	// What the API server does: verify the served certificate against the
+	// caBundle, for the Service's name.
+	conn, err := tls.Dial("tcp", "127.0.0.1:"+strconv.Itoa(o.Port), &tls.Config{RootCAs: pool, ServerName: dnsName})
+	if err != nil {
+		t.Fatalf("the served certificate does not verify against the injected CA for %s: %v", dnsName, err)
+	}
+	_ = conn.Close()
+	if _, err := cp.Client.CoordinationV1().Leases(ns).Get(ctx, "klock-webhook-certs", metav1.GetOptions{}); err != nil {
+		t.Errorf("no leader election Lease for the rotation: %v", err)
+	}
+}
+
+// mountSecret does what the kubelet does for a Secret volume: it keeps the
+// Secret's keys as files in dir, updated when the Secret changes.
+func mountSecret(ctx context.Context, ns, name, dir string) {
+	for ctx.Err() == nil {
+		if secret, err := cp.Client.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{}); err == nil {
+			for key, value := range secret.Data {
+				path := filepath.Join(dir, key)
+				if old, _ := os.ReadFile(path); !bytes.Equal(old, value) {
+					if err := os.WriteFile(path+".new", value, 0o600); err == nil {
+						_ = os.Rename(path+".new", path)
+					}
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
