@@ -1,14 +1,18 @@
 package framework
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"time"
 
 	"github.com/go-logr/logr"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 
 	"github.com/klock-io/klock/webhook"
@@ -42,4 +46,36 @@ func (cp *ControlPlane) ServeWebhook(ctx context.Context, klockImage string) (<-
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// MountSecret does what the kubelet does for a Secret volume, until ctx
+// ends: it keeps the Secret's keys as files in dir, replaced when the
+// Secret changes.
+func (cp *ControlPlane) MountSecret(ctx context.Context, ns, name, dir string) {
+	for ctx.Err() == nil {
+		if secret, err := cp.Client.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{}); err == nil {
+			for key, value := range secret.Data {
+				path := filepath.Join(dir, key)
+				if old, _ := os.ReadFile(path); !bytes.Equal(old, value) {
+					if err := os.WriteFile(path+".new", value, 0o600); err == nil {
+						_ = os.Rename(path+".new", path)
+					}
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// FreePort returns a loopback TCP port that was free a moment ago.
+func FreePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
 }

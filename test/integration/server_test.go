@@ -68,12 +68,11 @@ func writeCert(t *testing.T, dir, cn string) {
 
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := framework.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return port
 }
 
 // servedName is the common name of the certificate served at addr.
@@ -202,7 +201,7 @@ func TestWebhookSelfManagedTLS(t *testing.T) {
 	o.SelfManagedTLS, o.TLSSecret, o.DNSNames, o.WebhookConfiguration, o.LeaderElect =
 		true, ns+"/klock-webhook-tls", []string{dnsName, dnsName + ".cluster.local"}, mwc.Name, true
 	runCtx, cancel := context.WithCancel(ctx)
-	go mountSecret(runCtx, ns, "klock-webhook-tls", o.CertDir)
+	go cp.MountSecret(runCtx, ns, "klock-webhook-tls", o.CertDir)
 	done := make(chan error, 1)
 	go func() { done <- webhook.Run(runCtx, o, cp.Config) }()
 	t.Cleanup(func() {
@@ -243,26 +242,5 @@ func TestWebhookSelfManagedTLS(t *testing.T) {
 	_ = conn.Close()
 	if _, err := cp.Client.CoordinationV1().Leases(ns).Get(ctx, "klock-webhook-certs", metav1.GetOptions{}); err != nil {
 		t.Errorf("no leader election Lease for the rotation: %v", err)
-	}
-}
-
-// mountSecret does what the kubelet does for a Secret volume: it keeps the
-// Secret's keys as files in dir, updated when the Secret changes.
-func mountSecret(ctx context.Context, ns, name, dir string) {
-	for ctx.Err() == nil {
-		if secret, err := cp.Client.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{}); err == nil {
-			for key, value := range secret.Data {
-				path := filepath.Join(dir, key)
-				if old, _ := os.ReadFile(path); !bytes.Equal(old, value) {
-					if err := os.WriteFile(path+".new", value, 0o600); err == nil {
-						_ = os.Rename(path+".new", path)
-					}
-				}
-			}
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(100 * time.Millisecond):
-		}
 	}
 }

@@ -1,0 +1,153 @@
+package deploy
+
+import (
+	"context"
+	"encoding/json"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+	"helm.sh/helm/v4/pkg/action"
+	"helm.sh/helm/v4/pkg/chart/loader"
+	"helm.sh/helm/v4/pkg/kube"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+
+	"github.com/klock-io/klock/test/framework"
+	"github.com/klock-io/klock/webhook"
+)
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	port, err := framework.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return port
+}
+
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(timeout); !cond(); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+	}
+}
+
+// A real helm install and upgrade of the chart into the control plane, in
+// self-managed TLS mode. No node runs its pods here, so the webhook runs in
+// this process with the arguments of the installed Deployment and the
+// Secret its rotator fills; the installed webhook configuration, pointed at
+// it, then wraps an annotated pod.
+func TestHelmInstallUpgradeAndAdmit(t *testing.T) {
+	ctx := context.Background()
+	const ns = "klock-release"
+	flags := genericclioptions.NewConfigFlags(false)
+	kubeconfig, namespace := cp.Kubeconfig, ns
+	flags.KubeConfig, flags.Namespace = &kubeconfig, &namespace
+	cfg := action.NewConfiguration()
+	if err := cfg.Init(flags, ns, "secret"); err != nil {
+		t.Fatal(err)
+	}
+	chart, err := loader.Load(chartDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	install := action.NewInstall(cfg)
+	install.ReleaseName, install.Namespace, install.CreateNamespace = "klock", ns, true
+	install.WaitStrategy = kube.HookOnlyStrategy // no node runs the pods
+	values := map[string]any{"tls": map[string]any{"mode": "selfManaged"}, "image": map[string]any{"tag": "test"}}
+	if _, err := install.RunWithContext(ctx, chart, values); err != nil {
+		t.Fatalf("helm install: %v", err)
+	}
+	t.Cleanup(func() {
+		uninstall := action.NewUninstall(cfg)
+		uninstall.WaitStrategy = kube.HookOnlyStrategy
+		if _, err := uninstall.Run("klock"); err != nil {
+			t.Errorf("helm uninstall: %v", err)
+		}
+		if _, err := cp.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, "klock", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			t.Errorf("the webhook configuration outlived helm uninstall (err %v)", err)
+		}
+	})
+
+	upgrade := action.NewUpgrade(cfg)
+	upgrade.Namespace, upgrade.WaitStrategy = ns, kube.HookOnlyStrategy
+	upgrade.ResetThenReuseValues = true
+	if _, err := upgrade.RunWithContext(ctx, "klock", chart, map[string]any{"webhook": map[string]any{"replicas": 3}}); err != nil {
+		t.Fatalf("helm upgrade: %v", err)
+	}
+	dep, err := cp.Client.AppsV1().Deployments(ns).Get(ctx, "klock-webhook", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *dep.Spec.Replicas != 3 || dep.Spec.Template.Spec.Containers[0].Image != "ghcr.io/klock-io/klock:test" {
+		t.Errorf("after the upgrade: %d replicas of %s, want 3 of the tag given at install", *dep.Spec.Replicas, dep.Spec.Template.Spec.Containers[0].Image)
+	}
+
+	// The webhook, as the release's pods run it, plus the name it is
+	// reached by here.
+	o := webhook.NewServerOptions()
+	fs := pflag.NewFlagSet("klock-webhook", pflag.ContinueOnError)
+	o.AddFlags(fs)
+	if err := fs.Parse(dep.Spec.Template.Spec.Containers[0].Args); err != nil {
+		t.Fatalf("the Deployment's args: %v", err)
+	}
+	o.DNSNames = append(o.DNSNames, "localhost")
+	o.Port, o.CertDir, o.MetricsAddr, o.ProbeAddr = freePort(t), t.TempDir(), "0", "0"
+	runCtx, cancel := context.WithCancel(ctx)
+	go cp.MountSecret(runCtx, ns, dep.Spec.Template.Spec.Volumes[0].Secret.SecretName, o.CertDir)
+	done := make(chan error, 1)
+	go func() { done <- webhook.Run(runCtx, o, cp.Config) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("webhook: %v", err)
+		}
+	})
+
+	// The installed configuration, sent here instead of to the Service.
+	mwcs := cp.Client.AdmissionregistrationV1().MutatingWebhookConfigurations()
+	eventually(t, 60*time.Second, "the webhook to inject its CA", func() bool {
+		mwc, err := mwcs.Get(ctx, "klock", metav1.GetOptions{})
+		return err == nil && len(mwc.Webhooks[0].ClientConfig.CABundle) > 0
+	})
+	mwc, err := mwcs.Get(ctx, "klock", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var patch []map[string]any
+	for i, w := range mwc.Webhooks {
+		url := "https://localhost:" + strconv.Itoa(o.Port) + *w.ClientConfig.Service.Path
+		patch = append(patch,
+			map[string]any{"op": "remove", "path": "/webhooks/" + strconv.Itoa(i) + "/clientConfig/service"},
+			map[string]any{"op": "add", "path": "/webhooks/" + strconv.Itoa(i) + "/clientConfig/url", "value": url})
+	}
+	data, _ := json.Marshal(patch)
+	if _, err := mwcs.Patch(ctx, "klock", types.JSONPatchType, data, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	apps, err := cp.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "apps-"}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "nightly", Annotations: map[string]string{webhook.AnnotationLease: "nightly"}},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "busybox:1", Command: []string{"true"}}}},
+	}
+	var got *corev1.Pod
+	eventually(t, 60*time.Second, "the installed webhook to admit the pod", func() bool {
+		got, err = cp.Client.CoreV1().Pods(apps.Name).Create(ctx, pod, metav1.CreateOptions{})
+		return err == nil // refused while the webhook is not serving yet
+	})
+	if len(got.Spec.InitContainers) != 1 || got.Spec.InitContainers[0].Image != "ghcr.io/klock-io/klock:test" || got.Spec.Containers[0].Command[0] != "/klock-bin/klock" {
+		t.Errorf("the pod was not wrapped with the release's image: %+v", got.Spec)
+	}
+}
