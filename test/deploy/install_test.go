@@ -21,24 +21,6 @@ import (
 	"github.com/klock-io/klock/webhook"
 )
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	port, err := framework.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return port
-}
-
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(timeout); !cond(); time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-	}
-}
-
 // A real helm install and upgrade of the chart into the control plane, in
 // self-managed TLS mode. No node runs its pods here, so the webhook runs in
 // this process with the arguments of the installed Deployment and the
@@ -100,7 +82,7 @@ func TestHelmInstallUpgradeAndAdmit(t *testing.T) {
 		t.Fatalf("the Deployment's args: %v", err)
 	}
 	o.DNSNames = append(o.DNSNames, "localhost")
-	o.Port, o.CertDir, o.MetricsAddr, o.ProbeAddr = freePort(t), t.TempDir(), "0", "0"
+	o.Port, o.CertDir, o.MetricsAddr, o.ProbeAddr = framework.Port(t), t.TempDir(), "0", "0"
 	runCtx, cancel := context.WithCancel(ctx)
 	go cp.MountSecret(runCtx, ns, dep.Spec.Template.Spec.Volumes[0].Secret.SecretName, o.CertDir)
 	done := make(chan error, 1)
@@ -114,7 +96,7 @@ func TestHelmInstallUpgradeAndAdmit(t *testing.T) {
 
 	// The installed configuration, sent here instead of to the Service.
 	mwcs := cp.Client.AdmissionregistrationV1().MutatingWebhookConfigurations()
-	eventually(t, 60*time.Second, "the webhook to inject its CA", func() bool {
+	framework.Eventually(t, 60*time.Second, "the webhook to inject its CA", func() bool {
 		mwc, err := mwcs.Get(ctx, "klock", metav1.GetOptions{})
 		return err == nil && len(mwc.Webhooks[0].ClientConfig.CABundle) > 0
 	})
@@ -143,7 +125,7 @@ func TestHelmInstallUpgradeAndAdmit(t *testing.T) {
 		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "busybox:1", Command: []string{"true"}}}},
 	}
 	var got *corev1.Pod
-	eventually(t, 60*time.Second, "the installed webhook to admit the pod", func() bool {
+	framework.Eventually(t, 60*time.Second, "the installed webhook to admit the pod", func() bool {
 		got, err = cp.Client.CoreV1().Pods(apps.Name).Create(ctx, pod, metav1.CreateOptions{})
 		return err == nil // refused while the webhook is not serving yet
 	})

@@ -174,13 +174,7 @@ func find(events []event, kind, name string) (event, bool) {
 // eventually polls cond until it holds or timeout passes.
 func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	framework.Eventually(t, timeout, what, cond)
 }
 
 func getLease(t *testing.T, ns, name string) *coordinationv1.Lease {

@@ -66,15 +66,6 @@ func writeCert(t *testing.T, dir, cn string) {
 	}
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	port, err := framework.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return port
-}
-
 // servedName is the common name of the certificate served at addr.
 func servedName(addr string) string {
 	conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true}) // reads the certificate, trusts nothing
@@ -102,8 +93,8 @@ func TestWebhookServer(t *testing.T) {
 	certDir := t.TempDir()
 	writeCert(t, certDir, "first")
 	o := webhook.NewServerOptions()
-	o.Port, o.CertDir, o.KlockImage = freePort(t), certDir, testKlockImage
-	probes, metrics := "127.0.0.1:"+strconv.Itoa(freePort(t)), "127.0.0.1:"+strconv.Itoa(freePort(t))
+	o.Port, o.CertDir, o.KlockImage = framework.Port(t), certDir, testKlockImage
+	probes, metrics := "127.0.0.1:"+strconv.Itoa(framework.Port(t)), "127.0.0.1:"+strconv.Itoa(framework.Port(t))
 	o.ProbeAddr, o.MetricsAddr = probes, metrics
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -194,8 +185,8 @@ func TestWebhookSelfManagedTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	o := webhook.NewServerOptions()
-	o.Port, o.CertDir, o.KlockImage = freePort(t), t.TempDir(), testKlockImage
-	probes := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	o.Port, o.CertDir, o.KlockImage = framework.Port(t), t.TempDir(), testKlockImage
+	probes := "127.0.0.1:" + strconv.Itoa(framework.Port(t))
 	o.ProbeAddr, o.MetricsAddr = probes, "0"
 	dnsName := "klock-webhook." + ns + ".svc"
 	o.SelfManagedTLS, o.TLSSecret, o.DNSNames, o.WebhookConfiguration, o.LeaderElect =
