@@ -5,7 +5,9 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/open-policy-agent/cert-controller/pkg/rotator"
@@ -193,7 +195,6 @@ func Run(ctx context.Context, o *ServerOptions, config *rest.Config) error {
 		return mgr.Start(ctx)
 	}
 
-	certsReady := make(chan struct{})
 	if err := rotator.AddRotator(mgr, &rotator.CertRotator{
 		SecretKey:             secret,
 		CertDir:               o.CertDir,
@@ -201,21 +202,25 @@ func Run(ctx context.Context, o *ServerOptions, config *rest.Config) error {
 		CAOrganization:        "klock",
 		DNSName:               o.DNSNames[0],
 		ExtraDNSNames:         o.DNSNames[1:],
-		IsReady:               certsReady,
+		IsReady:               make(chan struct{}), // closed on the leader only: see below
 		Webhooks:              []rotator.WebhookInfo{{Name: o.WebhookConfiguration, Type: rotator.Mutating}},
 		RequireLeaderElection: o.LeaderElect,
 	}); err != nil {
 		return fmt.Errorf("cannot set up certificate rotation: %w", err)
 	}
-	// The server reads the certificates when it starts: start it once the
-	// rotator has written them.
+	// The server reads the certificates when it starts: start it once they
+	// are in CertDir, where the kubelet mounts the Secret the leader's
+	// rotator fills. Every replica serves, leader or not.
 	serverErr := make(chan error, 1)
 	go func() {
-		select {
-		case <-certsReady:
-			serverErr <- mgr.Add(server)
-		case <-ctx.Done():
+		for !certsPresent(o.CertDir) {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(500 * time.Millisecond):
+			}
 		}
+		serverErr <- mgr.Add(server)
 	}()
 	err = mgr.Start(ctx)
 	select {
@@ -224,4 +229,10 @@ func Run(ctx context.Context, o *ServerOptions, config *rest.Config) error {
 	default:
 		return err
 	}
+}
+
+// certsPresent reports whether dir holds a usable serving certificate.
+func certsPresent(dir string) bool {
+	_, err := tls.LoadX509KeyPair(filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"))
+	return err == nil
 }

@@ -172,6 +172,8 @@ type Binaries struct {
 	Klock string
 	// Probe records when it runs; see test/internal/probe.
 	Probe string
+	// Webhook is klock-webhook.
+	Webhook string
 }
 
 // BuildBinaries builds klock and the probe into dir.
@@ -179,6 +181,9 @@ func BuildBinaries(dir string) (Binaries, error) {
 	var b Binaries
 	var err error
 	if b.Klock, err = Build(dir, "github.com/klock-io/klock/cmd/klock"); err != nil {
+		return b, err
+	}
+	if b.Webhook, err = Build(dir, "github.com/klock-io/klock/cmd/klock-webhook"); err != nil {
 		return b, err
 	}
 	b.Probe, err = Build(dir, "github.com/klock-io/klock/test/internal/probe")

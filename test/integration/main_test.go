@@ -23,9 +23,10 @@ import (
 )
 
 var (
-	cp       *framework.ControlPlane
-	klockBin string
-	probeBin string
+	cp         *framework.ControlPlane
+	klockBin   string
+	probeBin   string
+	webhookBin string
 )
 
 // Short lease timings keep the takeover tests fast; the ratios are those of
@@ -38,7 +39,7 @@ func TestMain(m *testing.M) {
 
 func run(m *testing.M) int {
 	return framework.Main(m, func(env *framework.Env) {
-		cp, klockBin, probeBin = env.ControlPlane, env.Klock, env.Probe
+		cp, klockBin, probeBin, webhookBin = env.ControlPlane, env.Klock, env.Probe, env.Webhook
 	})
 }
 

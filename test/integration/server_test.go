@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -184,11 +185,13 @@ func TestWebhookSelfManagedTLS(t *testing.T) {
 	if _, err := cp.Client.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "klock-webhook-tls"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// Two replicas, as the chart runs them: one rotates, both serve. One
+	// runs in this process, the other is the klock-webhook binary.
+	dnsName := "klock-webhook." + ns + ".svc"
 	o := webhook.NewServerOptions()
 	o.Port, o.CertDir, o.KlockImage = framework.Port(t), t.TempDir(), testKlockImage
 	probes := "127.0.0.1:" + strconv.Itoa(framework.Port(t))
 	o.ProbeAddr, o.MetricsAddr = probes, "0"
-	dnsName := "klock-webhook." + ns + ".svc"
 	o.SelfManagedTLS, o.TLSSecret, o.DNSNames, o.WebhookConfiguration, o.LeaderElect =
 		true, ns+"/klock-webhook-tls", []string{dnsName, dnsName + ".cluster.local"}, mwc.Name, true
 	runCtx, cancel := context.WithCancel(ctx)
@@ -201,7 +204,16 @@ func TestWebhookSelfManagedTLS(t *testing.T) {
 			t.Errorf("webhook server: %v", err)
 		}
 	})
-	eventually(t, 60*time.Second, "/readyz to answer 200", func() bool { code, _ := httpGet(t, "http://"+probes+"/readyz"); return code == 200 })
+
+	port2, certDir2, probes2 := framework.Port(t), t.TempDir(), "127.0.0.1:"+strconv.Itoa(framework.Port(t))
+	go cp.MountSecret(runCtx, ns, "klock-webhook-tls", certDir2)
+	second := startProcess(t, nil, webhookBin, "--kubeconfig", cp.Kubeconfig, "--klock-image", testKlockImage,
+		"--webhook-port", strconv.Itoa(port2), "--webhook-cert-path", certDir2, "--health-probe-bind-address", probes2, "--metrics-bind-address", "0",
+		"--self-managed-tls", "--tls-secret", o.TLSSecret, "--dns-names", strings.Join(o.DNSNames, ","), "--webhook-configuration", mwc.Name, "--leader-elect")
+	t.Cleanup(func() { _ = second.Process.Signal(syscall.SIGTERM); _ = second.wait(t, 30*time.Second) })
+	for _, p := range []string{probes, probes2} {
+		eventually(t, 60*time.Second, "/readyz of "+p+" to answer 200", func() bool { code, _ := httpGet(t, "http://"+p+"/readyz"); return code == 200 })
+	}
 
 	secret, err := cp.Client.CoreV1().Secrets(ns).Get(ctx, "klock-webhook-tls", metav1.GetOptions{})
 	if err != nil {
@@ -226,11 +238,13 @@ func TestWebhookSelfManagedTLS(t *testing.T) {
 	})
 	// What the API server does: verify the served certificate against the
 	// caBundle, for the Service's name.
-	conn, err := tls.Dial("tcp", "127.0.0.1:"+strconv.Itoa(o.Port), &tls.Config{RootCAs: pool, ServerName: dnsName})
-	if err != nil {
-		t.Fatalf("the served certificate does not verify against the injected CA for %s: %v", dnsName, err)
+	for _, port := range []int{o.Port, port2} {
+		conn, err := tls.Dial("tcp", "127.0.0.1:"+strconv.Itoa(port), &tls.Config{RootCAs: pool, ServerName: dnsName})
+		if err != nil {
+			t.Fatalf("the certificate served on %d does not verify against the injected CA for %s: %v", port, dnsName, err)
+		}
+		_ = conn.Close()
 	}
-	_ = conn.Close()
 	if _, err := cp.Client.CoordinationV1().Leases(ns).Get(ctx, "klock-webhook-certs", metav1.GetOptions{}); err != nil {
 		t.Errorf("no leader election Lease for the rotation: %v", err)
 	}
