@@ -12,7 +12,7 @@ never runs twice at once anywhere in the cluster, like flock(1) for a cluster.
 
 Usage:
   klock [flags] -- command [args...]
-  klock install DEST     copy this binary to DEST (for images without cp)
+  klock install DEST    copy this binary to DEST (for images without cp)
 
 The arguments after -- reach the command exactly as given. klock waits for the
 Lease (watching it, so it starts the moment the Lease is released or expires),
@@ -37,13 +37,13 @@ process group; klock releases the Lease only after the command has exited.
 If klock dies, the command gets KILL. As PID 1, klock reaps orphans.
 
 Exit status:
-  the command's own     the command ran; 128+N if signal N ended it
-  1 (--conflict-exit-code)  the lock was not acquired: --wait elapsed, or --nonblock
-  124                   the lock was lost while the command ran; the command got
-                        --signal (and KILL after --kill-after) first
-  125                   klock failed: bad flags, no cluster, no permission
-  126, 127              the command could not be run, or was not found
-  128+N                 klock got signal N while waiting for the lock
+  the command's own   the command ran; 128+N if signal N ended it
+  -E (default 1)      the lock was not acquired: --wait elapsed, or --nonblock
+  124                 the lock was lost while the command ran; the command got
+                      --signal (and KILL after --kill-after) first
+  125                 klock failed: bad flags, no cluster, no permission
+  126, 127            the command could not be run, or was not found
+  128+N               klock got signal N while waiting for the lock
 
 Permissions: the identity klock runs as needs a Role like this one in the
 Lease's namespace (delete only with --cleanup-lease):
