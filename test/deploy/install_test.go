@@ -83,16 +83,7 @@ func TestHelmInstallUpgradeAndAdmit(t *testing.T) {
 	}
 	o.DNSNames = append(o.DNSNames, "localhost")
 	o.Port, o.CertDir, o.MetricsAddr, o.ProbeAddr = framework.Port(t), t.TempDir(), "0", "0"
-	runCtx, cancel := context.WithCancel(ctx)
-	go cp.MountSecret(runCtx, ns, dep.Spec.Template.Spec.Volumes[0].Secret.SecretName, o.CertDir)
-	done := make(chan error, 1)
-	go func() { done <- webhook.Run(runCtx, o, cp.Config) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("webhook: %v", err)
-		}
-	})
+	cp.RunWebhook(t, o, ns+"/"+dep.Spec.Template.Spec.Volumes[0].Secret.SecretName)
 
 	// The installed configuration, sent here instead of to the Service.
 	mwcs := cp.Client.AdmissionregistrationV1().MutatingWebhookConfigurations()

@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"testing"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -78,4 +80,24 @@ func FreePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// RunWebhook runs klock-webhook's server with o in this process until the
+// test ends, and fails the test if it stopped with an error. With
+// mountSecret, the named Secret (namespace/name) is kept in o.CertDir as
+// the kubelet would.
+func (cp *ControlPlane) RunWebhook(t testing.TB, o *webhook.ServerOptions, mountSecret string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	if ns, name, ok := strings.Cut(mountSecret, "/"); ok {
+		go cp.MountSecret(ctx, ns, name, o.CertDir)
+	}
+	done := make(chan error, 1)
+	go func() { done <- webhook.Run(ctx, o, cp.Config) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("webhook server: %v", err)
+		}
+	})
 }

@@ -97,15 +97,7 @@ func TestWebhookServer(t *testing.T) {
 	o.Port, o.CertDir, o.KlockImage = framework.Port(t), certDir, testKlockImage
 	probes, metrics := "127.0.0.1:"+strconv.Itoa(framework.Port(t)), "127.0.0.1:"+strconv.Itoa(framework.Port(t))
 	o.ProbeAddr, o.MetricsAddr = probes, metrics
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- webhook.Run(ctx, o, cp.Config) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("webhook server: %v", err)
-		}
-	})
+	cp.RunWebhook(t, o, "")
 	addr := "127.0.0.1:" + strconv.Itoa(o.Port)
 
 	eventually(t, 30*time.Second, "/readyz to answer 200", func() bool { code, _ := httpGet(t, "http://"+probes+"/readyz"); return code == 200 })
@@ -194,19 +186,12 @@ func TestWebhookSelfManagedTLS(t *testing.T) {
 	o.ProbeAddr, o.MetricsAddr = probes, "0"
 	o.SelfManagedTLS, o.TLSSecret, o.DNSNames, o.WebhookConfiguration, o.LeaderElect =
 		true, ns+"/klock-webhook-tls", []string{dnsName, dnsName + ".cluster.local"}, mwc.Name, true
-	runCtx, cancel := context.WithCancel(ctx)
-	go cp.MountSecret(runCtx, ns, "klock-webhook-tls", o.CertDir)
-	done := make(chan error, 1)
-	go func() { done <- webhook.Run(runCtx, o, cp.Config) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("webhook server: %v", err)
-		}
-	})
+	cp.RunWebhook(t, o, o.TLSSecret)
 
 	port2, certDir2, probes2 := framework.Port(t), t.TempDir(), "127.0.0.1:"+strconv.Itoa(framework.Port(t))
-	go cp.MountSecret(runCtx, ns, "klock-webhook-tls", certDir2)
+	mountCtx, stopMount := context.WithCancel(ctx)
+	t.Cleanup(stopMount)
+	go cp.MountSecret(mountCtx, ns, "klock-webhook-tls", certDir2)
 	second := startProcess(t, nil, webhookBin, "--kubeconfig", cp.Kubeconfig, "--klock-image", testKlockImage,
 		"--webhook-port", strconv.Itoa(port2), "--webhook-cert-path", certDir2, "--health-probe-bind-address", probes2, "--metrics-bind-address", "0",
 		"--self-managed-tls", "--tls-secret", o.TLSSecret, "--dns-names", strings.Join(o.DNSNames, ","), "--webhook-configuration", mwc.Name, "--leader-elect")
