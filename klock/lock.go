@@ -244,10 +244,10 @@ func (l *Lock) get(ctx context.Context) (*coordinationv1.Lease, error) {
 	return lease, nil
 }
 
-func (l *Lock) heldError(cause error) *HeldError {
+func (l *Lock) heldError() *HeldError {
 	return &HeldError{
 		Namespace: l.cfg.Namespace, Name: l.cfg.Name,
-		Holder: l.obs.record.holder, Until: l.obs.expiry(), Cause: cause,
+		Holder: l.obs.record.holder, Until: l.obs.expiry(),
 	}
 }
 
@@ -259,7 +259,7 @@ func (l *Lock) attempt(ctx context.Context, lease *coordinationv1.Lease) (*Hold,
 	st := l.obs.state(l.cfg.Identity, now)
 	switch {
 	case st == stateHeld:
-		return nil, l.heldError(nil)
+		return nil, l.heldError()
 	case st == stateMissing && l.cfg.DisableCreate:
 		return nil, fmt.Errorf("lease %s/%s does not exist and creating it is disabled: create it first", l.cfg.Namespace, l.cfg.Name)
 	}

@@ -57,24 +57,8 @@ func lockDemo(cp *framework.ControlPlane, klockBin string) error {
 	runKlock := func(who, seconds string) error {
 		cmd := exec.Command(klockBin, "--kubeconfig", cp.Kubeconfig, "-l", "nightly-report", "-i", who,
 			"--", "sh", "-c", script, "sh", seconds)
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			return err
-		}
-		cmd.Stderr = cmd.Stdout
 		say(who, "$ klock -l nightly-report -i %s -- sh -c '...; sleep %s'", who, seconds)
-		if err := cmd.Start(); err != nil {
-			return err
-		}
-		wg.Go(func() {
-			prefix(who, out)
-			if err := cmd.Wait(); err != nil {
-				say(who, "klock: %v", err)
-			} else {
-				say(who, "klock exited 0 and released the lease")
-			}
-		})
-		return nil
+		return runShown(&wg, who, cmd)
 	}
 
 	if err := runKlock("A", "3"); err != nil {
@@ -97,6 +81,27 @@ func lockDemo(cp *framework.ControlPlane, klockBin string) error {
 		return err
 	}
 	say("demo", "Lease now: holder %q (released), leaseTransitions %d, labels %v", *lease.Spec.HolderIdentity, *lease.Spec.LeaseTransitions, lease.Labels)
+	return nil
+}
+
+// runShown runs cmd, printing its output and how it ended under who.
+func runShown(wg *sync.WaitGroup, who string, cmd *exec.Cmd) error {
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	wg.Go(func() {
+		prefix(who, out)
+		if err := cmd.Wait(); err != nil {
+			say(who, "klock: %v", err)
+			return
+		}
+		say(who, "klock exited 0 and released the lease")
+	})
 	return nil
 }
 

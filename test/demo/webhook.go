@@ -92,24 +92,11 @@ func webhookDemo(cp *framework.ControlPlane, klockBin string) error {
 		cmd := exec.Command(argv[0], append([]string{"--kubeconfig", cp.Kubeconfig}, argv[1:]...)...)
 		// What the downward API gives the container, and its hostname.
 		cmd.Env = append(os.Environ(), "KLOCK_NAMESPACE="+ns, "KLOCK_IDENTITY="+p.Name, "HOSTNAME="+p.Name)
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			return err
-		}
-		cmd.Stderr = cmd.Stdout
 		who := string(rune('A' + i))
 		say(who, "pod %s starts", p.Name)
-		if err := cmd.Start(); err != nil {
+		if err := runShown(&wg, who, cmd); err != nil {
 			return err
 		}
-		wg.Go(func() {
-			prefix(who, out)
-			if err := cmd.Wait(); err != nil {
-				say(who, "exited: %v", err)
-				return
-			}
-			say(who, "exited 0, lease released")
-		})
 		time.Sleep(300 * time.Millisecond)
 	}
 	wg.Wait()
