@@ -13,6 +13,9 @@ GO_LDFLAGS := -s -w -X github.com/klock-io/klock/internal/version.Version=$(VERS
 KUBE_LDFLAGS := -s -w -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) \
 	-X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(KUBE_MINOR)
 
+CONTROLLER_TOOLS_VERSION ?= v0.23.0
+CONTROLLER_GEN := $(BIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
+
 export KUBEBUILDER_ASSETS := $(ASSETS)
 
 .DEFAULT_GOAL := help
@@ -36,8 +39,18 @@ vet: ## Run go vet on both modules.
 	$(GO) vet ./...
 	cd test && $(GO) vet ./...
 
+.PHONY: generate
+generate: controller-gen ## Generate the API's deepcopy code, the CRD (deploy/ and the chart) from api/.
+	$(CONTROLLER_GEN) object paths=./api/...
+	$(CONTROLLER_GEN) crd paths=./api/... output:crd:dir=deploy/base/crd
+	{ echo '{{- if .Values.crds.enabled }}'; \
+	  echo '# Generated from api/ by make generate; do not edit.'; \
+	  sed -e '/^---$$/d' -e 's|^  annotations:$$|  annotations:\n    helm.sh/resource-policy: keep|' deploy/base/crd/klock.io_clusterlockpolicies.yaml; \
+	  echo '{{- end }}'; } > charts/klock/templates/crd-clusterlockpolicies.yaml
+
 .PHONY: verify
-verify: ## Fail if code is unformatted or go.mod files are untidy.
+verify: generate ## Fail if code is unformatted, generated files are stale, or go.mod files are untidy.
+	@git diff --quiet -- api deploy/base/crd charts/klock/templates/crd-clusterlockpolicies.yaml || { git diff --stat -- api deploy/base/crd charts/klock/templates; echo "generated files were stale: commit what make generate wrote"; exit 1; }
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "run make fmt"; exit 1; }
 	$(GO) mod tidy -diff
 	cd test && $(GO) mod tidy -diff
@@ -76,6 +89,13 @@ build: ## Build the static klock and klock-webhook binaries into bin/.
 .PHONY: image-tarball
 image-tarball: build ## Build the klock image (the Dockerfile's layout) into bin/klock-image.tar, without Docker.
 	cd test && $(GO) run ./cmd/klock-image -klock $(BIN)/klock -webhook $(BIN)/klock-webhook -tag ghcr.io/klock-io/klock:$(VERSION) -o $(BIN)/klock-image.tar
+
+.PHONY: controller-gen
+controller-gen: $(CONTROLLER_GEN) ## Build controller-gen into bin/.
+
+$(CONTROLLER_GEN):
+	GOBIN=$(dir $@) $(GO) install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION)
+	mv $(dir $@)controller-gen $@
 
 .PHONY: control-plane
 control-plane: $(ASSETS)/kube-apiserver $(ASSETS)/etcd ## Build kube-apiserver and etcd from their Go modules (cached in bin/).

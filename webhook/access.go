@@ -44,10 +44,7 @@ func (a *LeaseAccess) Warnings(ctx context.Context, pod *corev1.Pod) []string {
 	if sa == "" {
 		sa = "default"
 	}
-	verbs := []string{"get", "create", "update", "watch"}
-	if pod.Annotations[AnnotationCleanupLease] == "true" {
-		verbs = append(verbs, "delete")
-	}
+	verbs := LeaseVerbs(pod.Annotations[AnnotationCleanupLease] == "true")
 	key := strings.Join(append([]string{ns, sa, lease}, verbs...), "/")
 	if v, ok := a.answers.Get(key); ok && time.Now().Before(v.(accessAnswer).expires) {
 		return v.(accessAnswer).warnings
@@ -98,4 +95,15 @@ func (a *LeaseAccess) review(ctx context.Context, ns, sa, lease string, verbs []
 		"kubectl -n %s create role klock-lease-holder --verb=%s --resource=leases.coordination.k8s.io && "+
 		"kubectl -n %s create rolebinding klock-lease-holder-%s --role=klock-lease-holder --serviceaccount=%s:%s",
 		ns, sa, strings.Join(missing, ", "), ns, ns, strings.Join(verbs, ","), ns, sa, ns, sa)}, nil
+}
+
+// LeaseVerbs are the verbs klock uses on its Lease: it reads and watches
+// it, creates it when missing, renews and releases it by update, and
+// deletes it with cleanup.
+func LeaseVerbs(cleanup bool) []string {
+	verbs := []string{"get", "create", "update", "watch"}
+	if cleanup {
+		verbs = append(verbs, "delete")
+	}
+	return verbs
 }

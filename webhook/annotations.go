@@ -60,3 +60,13 @@ const (
 	// ImageBinaryPath is where the klock image holds klock.
 	ImageBinaryPath = "/klock"
 )
+
+// Annotations of ClusterLockPolicy.
+const (
+	// AnnotationSkip "true" opts a pod out of the policy that selects it,
+	// where that policy allows it.
+	AnnotationSkip = "klock.io/skip"
+	// AnnotationPolicy is set by the webhook to the name of the
+	// ClusterLockPolicy that it wrapped a pod for.
+	AnnotationPolicy = "klock.io/policy"
+)

@@ -3,6 +3,8 @@ package webhook
 import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	klockv1alpha1 "github.com/klock-io/klock/api/v1alpha1"
 )
 
 // podWrapper builds pods for tests: MakePod("p", "ns").Container(...).Obj().
@@ -95,4 +97,43 @@ func (p *podWrapper) Wrapped(target int, command ...string) *podWrapper {
 	w.Spec.InitContainers = append([]corev1.Container{wantInstaller()}, w.Spec.InitContainers...)
 	w.Annotations["klock.io/injected"] = c.Name
 	return w
+}
+
+// Label sets a pod label.
+func (p *podWrapper) Label(k, v string) *podWrapper {
+	if p.Labels == nil {
+		p.Labels = map[string]string{}
+	}
+	p.Labels[k] = v
+	return p
+}
+
+// policyWrapper builds ClusterLockPolicies for tests.
+type policyWrapper struct{ klockv1alpha1.ClusterLockPolicy }
+
+func MakePolicy(name string) *policyWrapper {
+	return &policyWrapper{klockv1alpha1.ClusterLockPolicy{ObjectMeta: metav1.ObjectMeta{Name: name}}}
+}
+
+func (p *policyWrapper) Obj() *klockv1alpha1.ClusterLockPolicy { return p.DeepCopy() }
+
+func (p *policyWrapper) Lease(template string) *policyWrapper { p.Spec.Lease = template; return p }
+
+func (p *policyWrapper) Priority(n int32) *policyWrapper { p.Spec.Priority = n; return p }
+
+func (p *policyWrapper) AllowSkip() *policyWrapper { p.Spec.AllowSkip = true; return p }
+
+func (p *policyWrapper) Kinds(kinds ...klockv1alpha1.WorkloadKind) *policyWrapper {
+	p.Spec.WorkloadKinds = kinds
+	return p
+}
+
+func (p *policyWrapper) Namespaces(matchLabels map[string]string) *policyWrapper {
+	p.Spec.NamespaceSelector = &metav1.LabelSelector{MatchLabels: matchLabels}
+	return p
+}
+
+func (p *policyWrapper) Pods(matchLabels map[string]string) *policyWrapper {
+	p.Spec.Selector = &metav1.LabelSelector{MatchLabels: matchLabels}
+	return p
 }

@@ -11,6 +11,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	klockv1alpha1 "github.com/klock-io/klock/api/v1alpha1"
 )
 
 // ImageResolver reads what a container's image runs when the pod does not
@@ -25,12 +27,14 @@ type AccessReviewer interface {
 	Warnings(ctx context.Context, pod *corev1.Pod) []string
 }
 
-// PodHandler admits pods: it wraps those annotated klock.io/lease.
+// PodHandler admits pods: it wraps those annotated klock.io/lease, and
+// those a ClusterLockPolicy selects.
 type PodHandler struct {
-	options Options
-	images  ImageResolver
-	access  AccessReviewer
-	decoder admission.Decoder
+	options  Options
+	images   ImageResolver
+	access   AccessReviewer
+	policies PolicySource
+	decoder  admission.Decoder
 }
 
 var _ admission.Handler = &PodHandler{}
@@ -40,6 +44,12 @@ var _ admission.Handler = &PodHandler{}
 // are given.
 func NewPodHandler(scheme *runtime.Scheme, opts Options, images ImageResolver, access AccessReviewer) *PodHandler {
 	return &PodHandler{options: opts, images: images, access: access, decoder: admission.NewDecoder(scheme)}
+}
+
+// WithPolicies makes the handler apply the ClusterLockPolicies from source.
+func (h *PodHandler) WithPolicies(source PolicySource) *PodHandler {
+	h.policies = source
+	return h
 }
 
 // Handle wraps an annotated pod, or denies it with what to fix. It never
@@ -59,7 +69,7 @@ func (h *PodHandler) handle(ctx context.Context, req admission.Request) (admissi
 	if err := h.decoder.Decode(req, pod); err != nil {
 		return admission.Errored(http.StatusBadRequest, err), outcomeError
 	}
-	if !Wants(pod) || Wrapped(pod) {
+	if Wrapped(pod) {
 		return admission.Allowed(""), outcomeSkipped
 	}
 	if pod.Namespace == "" {
@@ -68,6 +78,28 @@ func (h *PodHandler) handle(ctx context.Context, req admission.Request) (admissi
 	original, err := json.Marshal(pod)
 	if err != nil {
 		return admission.Errored(http.StatusInternalServerError, err), outcomeError
+	}
+	var warnings []string
+	var policy *klockv1alpha1.ClusterLockPolicy
+	if h.policies != nil {
+		// A policy that cannot be read must not let the pod in unwrapped:
+		// an error here fails the admission.
+		candidates, err := h.policies.Candidates(ctx, pod)
+		if err != nil {
+			return admission.Errored(http.StatusInternalServerError, err), outcomeError
+		}
+		if len(candidates) > 0 {
+			w, err := h.policies.Workload(ctx, pod)
+			if err != nil {
+				return admission.Errored(http.StatusInternalServerError, err), outcomeError
+			}
+			if policy, warnings, err = ApplyPolicies(pod, candidates, w); err != nil {
+				return admission.Denied(err.Error()), outcomeDenied
+			}
+		}
+	}
+	if !Wants(pod) {
+		return admission.Allowed("").WithWarnings(warnings...), outcomeSkipped
 	}
 
 	var image *ImageCommand
@@ -79,10 +111,14 @@ func (h *PodHandler) handle(ctx context.Context, req admission.Request) (admissi
 			return admission.Denied(fmt.Sprintf("reading the ENTRYPOINT and CMD of image %q failed: %v; %v", c.Image, err, merr)), outcomeDenied
 		}
 	}
-	warnings, err := Mutate(pod, h.options, image)
+	more, err := Mutate(pod, h.options, image)
 	if err != nil {
+		if policy != nil {
+			return admission.Denied(fmt.Sprintf("wrapping the pod for ClusterLockPolicy %s: %v", policy.Name, err)), outcomeDenied
+		}
 		return admission.Denied(err.Error()), outcomeDenied
 	}
+	warnings = append(warnings, more...)
 	if h.access != nil {
 		warnings = append(warnings, h.access.Warnings(ctx, pod)...)
 	}

@@ -1,6 +1,7 @@
 package webhook
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -14,7 +15,9 @@ import (
 	"github.com/spf13/pflag"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
@@ -23,10 +26,13 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	klockv1alpha1 "github.com/klock-io/klock/api/v1alpha1"
 )
 
 // Paths the webhook serves; the MutatingWebhookConfiguration in deploy/
@@ -49,16 +55,28 @@ type ServerOptions struct {
 	DefaultPlatform string
 	ImageCacheSize  int
 
+	// WebhookConfiguration is the MutatingWebhookConfiguration whose
+	// policy entries follow the ClusterLockPolicies, and whose CA the
+	// self-managed TLS keeps.
+	WebhookConfiguration string
+	// Policies applies ClusterLockPolicies; their CRD must be installed.
+	Policies bool
+	// LeaseAccess is off, policy or all: which wrapped workloads get a
+	// Role for their Lease.
+	LeaseAccess string
+
 	// SelfManagedTLS: the webhook makes and rotates its own CA and serving
 	// certificate in TLSSecret, writes them into CertDir, and puts the CA
-	// into the MutatingWebhookConfiguration WebhookConfiguration.
-	SelfManagedTLS       bool
-	TLSSecret            string // namespace/name
-	DNSNames             []string
-	WebhookConfiguration string
-	// LeaderElect makes one replica at a time rotate the certificate
-	// (leader election Lease in the TLS Secret's namespace); all serve.
+	// into WebhookConfiguration.
+	SelfManagedTLS bool
+	TLSSecret      string // namespace/name
+	DNSNames       []string
+	// LeaderElect makes one replica at a time run the controllers (policy
+	// entries and status, Lease access, certificate rotation); all serve.
 	LeaderElect bool
+	// LeaderElectionNamespace holds the leader election Lease. Default:
+	// the TLS Secret's with self-managed TLS, else the pod's own.
+	LeaderElectionNamespace string
 }
 
 // NewServerOptions returns the defaults.
@@ -72,6 +90,8 @@ func NewServerOptions() *ServerOptions {
 		DefaultPlatform:      "linux/amd64",
 		ImageCacheSize:       1024,
 		WebhookConfiguration: "klock",
+		Policies:             true,
+		LeaseAccess:          LeaseAccessOff,
 	}
 }
 
@@ -90,8 +110,11 @@ func (o *ServerOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.SelfManagedTLS, "self-managed-tls", o.SelfManagedTLS, "Make and rotate the CA and serving certificate in --tls-secret, and put the CA into --webhook-configuration.")
 	fs.StringVar(&o.TLSSecret, "tls-secret", o.TLSSecret, "With --self-managed-tls: the Secret (namespace/name) that keeps the certificates.")
 	fs.StringSliceVar(&o.DNSNames, "dns-names", o.DNSNames, "With --self-managed-tls: the names the serving certificate is for, such as klock-webhook.klock-system.svc.")
-	fs.StringVar(&o.WebhookConfiguration, "webhook-configuration", o.WebhookConfiguration, "With --self-managed-tls: the MutatingWebhookConfiguration whose caBundle to keep.")
-	fs.BoolVar(&o.LeaderElect, "leader-elect", o.LeaderElect, "With --self-managed-tls: let one replica at a time rotate the certificate.")
+	fs.StringVar(&o.WebhookConfiguration, "webhook-configuration", o.WebhookConfiguration, "The MutatingWebhookConfiguration to keep in step with the ClusterLockPolicies, and whose caBundle --self-managed-tls keeps.")
+	fs.BoolVar(&o.Policies, "policies", o.Policies, "Apply ClusterLockPolicies (their CRD must be installed).")
+	fs.StringVar(&o.LeaseAccess, "lease-access", o.LeaseAccess, "Keep a Role and RoleBinding for the Lease of each wrapped workload: off, policy (where the ClusterLockPolicy sets grantLeaseAccess) or all.")
+	fs.BoolVar(&o.LeaderElect, "leader-elect", o.LeaderElect, "Let one replica at a time run the controllers; every replica serves.")
+	fs.StringVar(&o.LeaderElectionNamespace, "leader-election-namespace", o.LeaderElectionNamespace, "Namespace of the leader election Lease (default: the --tls-secret's with --self-managed-tls, else the pod's own).")
 }
 
 // Validate checks the flags.
@@ -118,9 +141,17 @@ func (o *ServerOptions) Validate() error {
 		if len(o.DNSNames) == 0 {
 			errs = append(errs, errors.New("--dns-names is required with --self-managed-tls: the Service's names, such as klock-webhook.klock-system.svc"))
 		}
-		if o.WebhookConfiguration == "" {
-			errs = append(errs, errors.New("--webhook-configuration is required with --self-managed-tls"))
+	}
+	if o.WebhookConfiguration == "" && (o.SelfManagedTLS || o.Policies) {
+		errs = append(errs, errors.New("--webhook-configuration is required with --policies or --self-managed-tls: the name of klock's MutatingWebhookConfiguration, such as klock"))
+	}
+	switch o.LeaseAccess {
+	case LeaseAccessOff, LeaseAccessPolicy, LeaseAccessAll:
+		if o.LeaseAccess != LeaseAccessOff && !o.Policies {
+			errs = append(errs, fmt.Errorf("--lease-access %s needs --policies", o.LeaseAccess))
 		}
+	default:
+		errs = append(errs, fmt.Errorf("--lease-access %q: give off, policy or all", o.LeaseAccess))
 	}
 	if o.Port < 1 || o.Port > 65535 {
 		errs = append(errs, fmt.Errorf("--webhook-port %d: give a port from 1 to 65535", o.Port))
@@ -128,10 +159,10 @@ func (o *ServerOptions) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Scheme knows the kinds the webhook decodes.
+// Scheme knows the kinds the webhook decodes and reads.
 func Scheme() *runtime.Scheme {
 	s := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(s); err != nil {
+	if err := errors.Join(clientgoscheme.AddToScheme(s), klockv1alpha1.AddToScheme(s)); err != nil {
 		panic(err) // a programming error
 	}
 	return s
@@ -153,17 +184,28 @@ func Run(ctx context.Context, o *ServerOptions, config *rest.Config) error {
 		Metrics:                metricsserver.Options{BindAddress: o.MetricsAddr},
 		HealthProbeBindAddress: o.ProbeAddr,
 		WebhookServer:          server,
+		// Run may be called more than once in a process (replicas in one
+		// test, a program embedding the webhook); metrics of controllers
+		// of one name are then shared, which is harmless here.
+		Controller: ctrlconfig.Controller{SkipNameValidation: ptr(true)},
+	}
+	mo.LeaderElection, mo.LeaderElectionID, mo.LeaderElectionNamespace = o.LeaderElect, "klock-webhook", o.LeaderElectionNamespace
+	// Watch the one webhook configuration, the one Secret and the Roles the
+	// webhook made, not all; keep of each workload only what policies read.
+	mo.Cache.ByObject = map[client.Object]cache.ByObject{
+		&admissionregistrationv1.MutatingWebhookConfiguration{}: {Field: fields.OneTermEqualSelector("metadata.name", o.WebhookConfiguration)},
+		&rbacv1.Role{}:        {Label: labels.SelectorFromSet(ManagedBy)},
+		&rbacv1.RoleBinding{}: {Label: labels.SelectorFromSet(ManagedBy)},
+	}
+	for _, obj := range workloadObjects() {
+		mo.Cache.ByObject[obj] = cache.ByObject{Transform: trimWorkload}
 	}
 	var secret types.NamespacedName
 	if o.SelfManagedTLS {
 		ns, name, _ := strings.Cut(o.TLSSecret, "/")
 		secret = types.NamespacedName{Namespace: ns, Name: name}
-		mo.LeaderElection, mo.LeaderElectionID, mo.LeaderElectionNamespace = o.LeaderElect, "klock-webhook-certs", ns
-		// Watch the one Secret and the one webhook configuration, not all.
-		mo.Cache.ByObject = map[client.Object]cache.ByObject{
-			&corev1.Secret{}: {Namespaces: map[string]cache.Config{ns: {}}, Field: fields.OneTermEqualSelector("metadata.name", name)},
-			&admissionregistrationv1.MutatingWebhookConfiguration{}: {Field: fields.OneTermEqualSelector("metadata.name", o.WebhookConfiguration)},
-		}
+		mo.LeaderElectionNamespace = cmp.Or(o.LeaderElectionNamespace, ns)
+		mo.Cache.ByObject[&corev1.Secret{}] = cache.ByObject{Namespaces: map[string]cache.Config{ns: {}}, Field: fields.OneTermEqualSelector("metadata.name", name)}
 	}
 	mgr, err := ctrl.NewManager(config, mo)
 	if err != nil {
@@ -178,7 +220,19 @@ func Run(ctx context.Context, o *ServerOptions, config *rest.Config) error {
 	}
 	platform, _ := v1.ParsePlatform(o.DefaultPlatform) // validated above
 	images := NewRegistryResolver(clientset, *platform, o.ImageCacheSize, nil)
-	server.Register(PodsPath, &admission.Webhook{Handler: NewPodHandler(scheme, opts, images, NewLeaseAccess(clientset))})
+	pods := NewPodHandler(scheme, opts, images, NewLeaseAccess(clientset))
+	if o.Policies {
+		pods.WithPolicies(NewClusterPolicies(mgr.GetClient(), mgr.GetAPIReader()))
+		if err := (&PolicyReconciler{Client: mgr.GetClient(), WebhookConfiguration: o.WebhookConfiguration}).SetupWithManager(mgr); err != nil {
+			return fmt.Errorf("cannot set up the ClusterLockPolicy controller: %w", err)
+		}
+	}
+	if o.LeaseAccess != LeaseAccessOff {
+		if err := (&LeaseAccessReconciler{Client: mgr.GetClient(), Mode: o.LeaseAccess}).SetupWithManager(mgr); err != nil {
+			return fmt.Errorf("cannot set up the Lease access controller: %w", err)
+		}
+	}
+	server.Register(PodsPath, &admission.Webhook{Handler: pods})
 	server.Register(WorkloadsPath, &admission.Webhook{Handler: NewWorkloadHandler(scheme)})
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
 		return err

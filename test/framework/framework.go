@@ -40,7 +40,10 @@ func RepoRoot() string {
 
 // Start starts etcd and kube-apiserver from $KUBEBUILDER_ASSETS, which the
 // Makefile points at bin/k8s/<version>.
-func Start() (*ControlPlane, error) { return StartWith(Options{Webhook: true}) }
+// It installs the webhook configuration and the CRDs from deploy/.
+func Start() (*ControlPlane, error) {
+	return StartWith(Options{Webhook: true, CRDs: []string{filepath.Join(RepoRoot(), "deploy", "base", "crd")}})
+}
 
 // Options say what to install into a new control plane.
 type Options struct {

@@ -22,12 +22,16 @@ import (
 
 // ServeWebhook runs klock-webhook's server where the installed webhook
 // configuration sends requests, and returns once it answers TLS. It stops
-// when ctx ends; the returned channel then yields its error.
-func (cp *ControlPlane) ServeWebhook(ctx context.Context, klockImage string) (<-chan error, error) {
+// when ctx ends; the returned channel then yields its error. configure
+// may change the options first.
+func (cp *ControlPlane) ServeWebhook(ctx context.Context, klockImage string, configure ...func(*webhook.ServerOptions)) (<-chan error, error) {
 	ctrl.SetLogger(logr.Discard()) // the tests read what the webhook does from the API server
 	host, port, certDir := cp.WebhookServing()
 	o := webhook.NewServerOptions()
 	o.Port, o.CertDir, o.KlockImage, o.MetricsAddr, o.ProbeAddr = port, certDir, klockImage, "0", "0"
+	for _, f := range configure {
+		f(o)
+	}
 	done := make(chan error, 1)
 	go func() { done <- webhook.Run(ctx, o, cp.Config) }()
 	addr := net.JoinHostPort(host, strconv.Itoa(port))

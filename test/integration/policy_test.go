@@ -1,0 +1,539 @@
+package integration
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	klockv1alpha1 "github.com/klock-io/klock/api/v1alpha1"
+	"github.com/klock-io/klock/test/framework"
+	"github.com/klock-io/klock/webhook"
+)
+
+// policyClient reads and writes ClusterLockPolicies.
+func policyClient(t *testing.T) client.Client {
+	t.Helper()
+	c, err := client.New(cp.Config, client.Options{Scheme: webhook.Scheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// labelledNamespace creates a namespace with labels.
+func labelledNamespace(t *testing.T, labels map[string]string) string {
+	t.Helper()
+	ns := namespace(t)
+	n, err := cp.Client.CoreV1().Namespaces().Get(context.Background(), ns, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range labels {
+		metav1.SetMetaDataLabel(&n.ObjectMeta, k, v)
+	}
+	if _, err := cp.Client.CoreV1().Namespaces().Update(context.Background(), n, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return ns
+}
+
+// createPolicy creates p, deleted when the test ends, and waits until it
+// is Ready: its entry is in the webhook configuration.
+func createPolicy(t *testing.T, c client.Client, p *klockv1alpha1.ClusterLockPolicy) {
+	t.Helper()
+	ctx := context.Background()
+	if err := c.Create(ctx, p); err != nil {
+		t.Fatalf("creating ClusterLockPolicy %s: %v", p.Name, err)
+	}
+	t.Cleanup(func() { _ = c.Delete(ctx, p) })
+	waitReady(t, c, p.Name)
+}
+
+func waitReady(t *testing.T, c client.Client, name string) *klockv1alpha1.ClusterLockPolicy {
+	t.Helper()
+	got := &klockv1alpha1.ClusterLockPolicy{}
+	framework.Eventually(t, 30*time.Second, "ClusterLockPolicy "+name+" Ready for its generation", func() bool {
+		if c.Get(context.Background(), client.ObjectKey{Name: name}, got) != nil {
+			return false
+		}
+		cond := meta.FindStatusCondition(got.Status.Conditions, klockv1alpha1.ConditionReady)
+		return cond != nil && cond.Status == metav1.ConditionTrue && cond.ObservedGeneration == got.Generation
+	})
+	return got
+}
+
+func policy(name string, spec klockv1alpha1.ClusterLockPolicySpec) *klockv1alpha1.ClusterLockPolicy {
+	return &klockv1alpha1.ClusterLockPolicy{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: spec}
+}
+
+// ownedPod is a pod controlled by owner.
+func ownedPod(name string, labels map[string]string, owner metav1.Object, kind, apiVersion string) *corev1.Pod {
+	p := pod(name, nil, container("app", "work"))
+	if name == "" {
+		p.GenerateName = "pod-"
+	}
+	p.Labels = labels
+	p.OwnerReferences = []metav1.OwnerReference{{APIVersion: apiVersion, Kind: kind, Name: owner.GetName(), UID: owner.GetUID(), Controller: ptr.To(true)}}
+	return p
+}
+
+func wrappedLease(t *testing.T, p *corev1.Pod) string {
+	t.Helper()
+	if p.Annotations[webhook.AnnotationInjected] == "" {
+		return ""
+	}
+	return p.Annotations[webhook.AnnotationLease]
+}
+
+func TestClusterLockPolicyValidation(t *testing.T) {
+	c := policyClient(t)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		spec klockv1alpha1.ClusterLockPolicySpec
+		want string
+	}{
+		{"unknown-placeholder", klockv1alpha1.ClusterLockPolicySpec{Lease: "{job}"}, "spec.lease: Invalid value"},
+		{"upper-case-lease", klockv1alpha1.ClusterLockPolicySpec{Lease: "Nightly"}, "must be a lease name of lower-case letters"},
+		{"unclosed-placeholder", klockv1alpha1.ClusterLockPolicySpec{Lease: "x-{name"}, "with placeholders {namespace}, {kind}, {name} or {label:<key>}"},
+		{"bad-wait", klockv1alpha1.ClusterLockPolicySpec{Wait: "soon"}, "spec.wait: Invalid value"},
+		{"fractional-lease-duration", klockv1alpha1.ClusterLockPolicySpec{LeaseDuration: "1500ms"}, "must be a whole number of seconds, at least 1s"},
+		{"deadline-above-duration", klockv1alpha1.ClusterLockPolicySpec{LeaseDuration: "10s", RenewDeadline: "20s"}, "renewDeadline must be below leaseDuration"},
+		{"retry-above-default-deadline", klockv1alpha1.ClusterLockPolicySpec{RetryPeriod: "30s"}, "retryPeriod must be below renewDeadline"},
+		{"exit-code-256", klockv1alpha1.ClusterLockPolicySpec{ConflictExitCode: ptr.To(int32(256))}, "spec.conflictExitCode: Invalid value: 256"},
+		{"negative-exit-code", klockv1alpha1.ClusterLockPolicySpec{ConflictExitCode: ptr.To(int32(-1))}, "spec.conflictExitCode: Invalid value: -1"},
+		{"bad-signal", klockv1alpha1.ClusterLockPolicySpec{Signal: "SIGNOPE"}, `spec.signal: Unsupported value: "SIGNOPE"`},
+		{"bad-kind", klockv1alpha1.ClusterLockPolicySpec{WorkloadKinds: []klockv1alpha1.WorkloadKind{"Pod"}}, `spec.workloadKinds[0]: Unsupported value: "Pod"`},
+		{strings.Repeat("n", 201), klockv1alpha1.ClusterLockPolicySpec{}, "metadata.name must be at most 200 characters"},
+	} {
+		t.Run(tc.name[:min(len(tc.name), 30)], func(t *testing.T) {
+			err := c.Create(ctx, policy(tc.name, tc.spec))
+			if err == nil {
+				_ = c.Delete(ctx, policy(tc.name, tc.spec))
+				t.Fatal("the API server accepted it")
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q does not contain %q", err, tc.want)
+			}
+		})
+	}
+
+	t.Run("a valid policy gets the default lease", func(t *testing.T) {
+		p := policy("valid-defaults", klockv1alpha1.ClusterLockPolicySpec{
+			Wait: "1m30s", LeaseDuration: "20s", RenewDeadline: "15s", RetryPeriod: "3s", KillAfter: "0", ConflictExitCode: ptr.To(int32(0)),
+			Lease: "", NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"none": "none"}},
+		})
+		if err := c.Create(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Delete(ctx, p) })
+		if p.Spec.Lease != klockv1alpha1.DefaultLease {
+			t.Errorf("lease = %q, want the default %q", p.Spec.Lease, klockv1alpha1.DefaultLease)
+		}
+	})
+}
+
+func TestClusterLockPolicy(t *testing.T) {
+	ctx := context.Background()
+	c := policyClient(t)
+	team := map[string]string{"klock-test/team": "policy"}
+	selected, other := labelledNamespace(t, team), namespace(t)
+	batch := map[string]string{"tier": "batch"}
+
+	webhookDown := startWebhookUntil(t)
+	createPolicy(t, c, policy("batch", klockv1alpha1.ClusterLockPolicySpec{
+		NamespaceSelector: &metav1.LabelSelector{MatchLabels: team},
+		Selector:          &metav1.LabelSelector{MatchLabels: batch},
+		WorkloadKinds:     []klockv1alpha1.WorkloadKind{klockv1alpha1.CronJob, klockv1alpha1.Deployment},
+		Wait:              "30s",
+	}))
+	createPolicy(t, c, policy("bare-pods", klockv1alpha1.ClusterLockPolicySpec{
+		NamespaceSelector: &metav1.LabelSelector{MatchLabels: team},
+		Selector:          &metav1.LabelSelector{MatchLabels: map[string]string{"tier": "bare"}},
+		Lease:             "{namespace}.{label:app}",
+		AllowSkip:         true,
+	}))
+
+	cronJob := &batchv1.CronJob{
+		ObjectMeta: metav1.ObjectMeta{Name: "nightly", Namespace: selected},
+		Spec: batchv1.CronJobSpec{Schedule: "0 3 * * *", JobTemplate: batchv1.JobTemplateSpec{Spec: batchv1.JobSpec{Template: corev1.PodTemplateSpec{
+			ObjectMeta: metav1.ObjectMeta{Labels: batch},
+			Spec:       corev1.PodSpec{Containers: []corev1.Container{container("app", "work")}, RestartPolicy: corev1.RestartPolicyOnFailure},
+		}}}},
+	}
+	var err error
+	if cronJob, err = cp.Client.BatchV1().CronJobs(selected).Create(ctx, cronJob, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// The Job the CronJob controller would make, and a Job of its own.
+	jobOf := func(name string, owner *batchv1.CronJob) *batchv1.Job {
+		j := &batchv1.Job{
+			ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec: batchv1.JobSpec{Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: batch},
+				Spec:       corev1.PodSpec{Containers: []corev1.Container{container("app", "work")}, RestartPolicy: corev1.RestartPolicyNever},
+			}},
+		}
+		if owner != nil {
+			j.OwnerReferences = []metav1.OwnerReference{{APIVersion: "batch/v1", Kind: "CronJob", Name: owner.Name, UID: owner.UID, Controller: ptr.To(true)}}
+		}
+		got, err := cp.Client.BatchV1().Jobs(selected).Create(ctx, j, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	scheduled, standalone := jobOf("nightly-29000000", cronJob), jobOf("standalone", nil)
+	pods := func(ns string) interface {
+		Create(context.Context, *corev1.Pod, metav1.CreateOptions) (*corev1.Pod, error)
+	} {
+		return cp.Client.CoreV1().Pods(ns)
+	}
+
+	t.Run("a CronJob's Job's pod is wrapped under the CronJob's name", func(t *testing.T) {
+		got, err := pods(selected).Create(ctx, ownedPod("nightly-29000000-abcde", batch, scheduled, "Job", "batch/v1"), metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if lease := wrappedLease(t, got); lease != "cronjob-nightly" {
+			t.Fatalf("lease %q, want cronjob-nightly; annotations %v", lease, got.Annotations)
+		}
+		if got.Annotations[webhook.AnnotationPolicy] != "batch" || !slices.Contains(got.Spec.Containers[0].Command, "--wait=30s") {
+			t.Errorf("policy annotation %q, command %q", got.Annotations[webhook.AnnotationPolicy], got.Spec.Containers[0].Command)
+		}
+	})
+
+	t.Run("a Job of no CronJob is not a kind the policy selects", func(t *testing.T) {
+		got, err := pods(selected).Create(ctx, ownedPod("standalone-abcde", batch, standalone, "Job", "batch/v1"), metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if lease := wrappedLease(t, got); lease != "" {
+			t.Errorf("wrapped with lease %q", lease)
+		}
+	})
+
+	t.Run("pods the selectors do not match are untouched", func(t *testing.T) {
+		for ns, labels := range map[string]map[string]string{other: batch, selected: {"tier": "web"}} {
+			got, err := pods(ns).Create(ctx, ownedPod("unselected", labels, scheduled, "Job", "batch/v1"), metav1.CreateOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if lease := wrappedLease(t, got); lease != "" {
+				t.Errorf("pod in %s with labels %v wrapped with lease %q", ns, labels, lease)
+			}
+		}
+	})
+
+	t.Run("a pod's own annotations override the policy's", func(t *testing.T) {
+		p := ownedPod("own-lease", batch, scheduled, "Job", "batch/v1")
+		p.Annotations = map[string]string{webhook.AnnotationLease: "mine", webhook.AnnotationWait: "5s"}
+		got, err := pods(selected).Create(ctx, p, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := got.Spec.Containers[0].Command
+		if wrappedLease(t, got) != "mine" || !slices.Contains(cmd, "--wait=5s") || slices.Contains(cmd, "--wait=30s") {
+			t.Errorf("lease %q, command %q", got.Annotations[webhook.AnnotationLease], cmd)
+		}
+	})
+
+	t.Run("a bare pod by its label, and its opt-out", func(t *testing.T) {
+		p := pod("bare", nil, container("app", "work"))
+		p.Labels = map[string]string{"tier": "bare", "app": "Report_Gen"}
+		got, err := pods(selected).Create(ctx, p, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if lease := wrappedLease(t, got); lease != selected+".report-gen" {
+			t.Errorf("lease %q, want %s.report-gen", lease, selected)
+		}
+		p.Name, p.Annotations = "bare-skipped", map[string]string{webhook.AnnotationSkip: "true"}
+		if got, err = pods(selected).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if lease := wrappedLease(t, got); lease != "" {
+			t.Errorf("an allowed opt-out was wrapped with %q", lease)
+		}
+		p.Name, p.Annotations, p.Labels["app"] = "bare-unnamed", nil, ""
+		_, err = pods(selected).Create(ctx, p, metav1.CreateOptions{})
+		if err == nil || !strings.Contains(err.Error(), `ClusterLockPolicy bare-pods selects this pod, but its lease "{namespace}.{label:app}" cannot be named for it`) {
+			t.Errorf("err = %v", err)
+		}
+	})
+
+	t.Run("an opt-out the policy does not allow is denied", func(t *testing.T) {
+		p := ownedPod("skipper", batch, scheduled, "Job", "batch/v1")
+		p.Annotations = map[string]string{webhook.AnnotationSkip: "true"}
+		_, err := pods(selected).Create(ctx, p, metav1.CreateOptions{})
+		if err == nil || !strings.Contains(err.Error(), "ClusterLockPolicy batch selects this pod and does not allow it to skip the lock") {
+			t.Errorf("err = %v", err)
+		}
+	})
+
+	t.Run("the status counts the workloads the policy selects", func(t *testing.T) {
+		framework.Eventually(t, 30*time.Second, "batch selects 1 workload (the CronJob), bare-pods 0", func() bool {
+			var b, p klockv1alpha1.ClusterLockPolicy
+			return c.Get(ctx, client.ObjectKey{Name: "batch"}, &b) == nil && c.Get(ctx, client.ObjectKey{Name: "bare-pods"}, &p) == nil &&
+				b.Status.Workloads == 1 && p.Status.Workloads == 0
+		})
+	})
+
+	t.Run("two policies of one priority: denied, naming both; a higher priority wins with a warning", func(t *testing.T) {
+		rival := policy("batch-rival", klockv1alpha1.ClusterLockPolicySpec{
+			NamespaceSelector: &metav1.LabelSelector{MatchLabels: team},
+			Selector:          &metav1.LabelSelector{MatchLabels: batch},
+			Lease:             "rival-{name}",
+		})
+		createPolicy(t, c, rival)
+		_, err := pods(selected).Create(ctx, ownedPod("tied", batch, scheduled, "Job", "batch/v1"), metav1.CreateOptions{})
+		if err == nil || !strings.Contains(err.Error(), "ClusterLockPolicies batch, batch-rival all select this pod with priority 0") {
+			t.Fatalf("err = %v", err)
+		}
+		if err := c.Get(ctx, client.ObjectKeyFromObject(rival), rival); err != nil {
+			t.Fatal(err)
+		}
+		rival.Spec.Priority = 10
+		if err := c.Update(ctx, rival); err != nil {
+			t.Fatal(err)
+		}
+		waitReady(t, c, rival.Name)
+		client := newWarningClient(t)
+		got, err := client.CoreV1().Pods(selected).Create(ctx, ownedPod("ranked", batch, scheduled, "Job", "batch/v1"), metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if lease := wrappedLease(t, got); lease != "rival-nightly" {
+			t.Errorf("lease %q, want rival-nightly", lease)
+		}
+		if w := client.take(); !slices.ContainsFunc(w, func(s string) bool { return strings.Contains(s, "ClusterLockPolicy batch (priority 0) also selects this pod, and gives way to batch-rival (priority 10)") }) {
+			t.Errorf("warnings %q", w)
+		}
+		if err := c.Delete(ctx, rival); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("the webhook configuration follows the policies", func(t *testing.T) {
+		entry := func() *admissionregistrationv1.MutatingWebhook {
+			mwc, err := cp.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, "klock", metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range mwc.Webhooks {
+				if mwc.Webhooks[i].Name == "batch.policies.klock.io" {
+					return &mwc.Webhooks[i]
+				}
+			}
+			return nil
+		}
+		framework.Eventually(t, 30*time.Second, "no entry for the deleted batch-rival", func() bool {
+			mwc, err := cp.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, "klock", metav1.GetOptions{})
+			return err == nil && !slices.ContainsFunc(mwc.Webhooks, func(w admissionregistrationv1.MutatingWebhook) bool { return w.Name == "batch-rival.policies.klock.io" })
+		})
+		e := entry()
+		if e == nil {
+			t.Fatal("no entry batch.policies.klock.io")
+		}
+		want := &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "tier", Operator: metav1.LabelSelectorOpIn, Values: []string{"batch"}}}}
+		if diff := cmp.Diff(want, e.ObjectSelector); diff != "" || e.FailurePolicy == nil || *e.FailurePolicy != admissionregistrationv1.Fail {
+			t.Errorf("object selector (-want +got):\n%s\nfailure policy %v", diff, e.FailurePolicy)
+		}
+
+		var p klockv1alpha1.ClusterLockPolicy
+		if err := c.Get(ctx, client.ObjectKey{Name: "batch"}, &p); err != nil {
+			t.Fatal(err)
+		}
+		p.Spec.Selector.MatchLabels = map[string]string{"tier": "nightly"}
+		if err := c.Update(ctx, &p); err != nil {
+			t.Fatal(err)
+		}
+		waitReady(t, c, "batch")
+		if e := entry(); e == nil || e.ObjectSelector.MatchExpressions[0].Values[0] != "nightly" {
+			t.Errorf("entry after the update: %+v", e)
+		}
+	})
+
+	t.Run("while the webhook is down, only pods a policy selects are refused", func(t *testing.T) {
+		webhookDown()
+		if _, err := pods(selected).Create(ctx, ownedPod("plain-down", map[string]string{"tier": "web"}, scheduled, "Job", "batch/v1"), metav1.CreateOptions{}); err != nil {
+			t.Errorf("a pod no policy selects was refused: %v", err)
+		}
+		_, err := pods(selected).Create(ctx, ownedPod("selected-down", map[string]string{"tier": "nightly"}, scheduled, "Job", "batch/v1"), metav1.CreateOptions{})
+		if err == nil || !strings.Contains(err.Error(), "batch.policies.klock.io") {
+			t.Errorf("a pod the policy selects was admitted without the webhook (err %v): it would run unlocked", err)
+		}
+		if err := c.Delete(ctx, policy("batch", klockv1alpha1.ClusterLockPolicySpec{})); err != nil {
+			t.Fatal(err)
+		}
+		// No webhook to take the entry out: it stays, and fails closed.
+		if _, err := pods(selected).Create(ctx, ownedPod("after-delete-down", map[string]string{"tier": "nightly"}, scheduled, "Job", "batch/v1"), metav1.CreateOptions{}); err == nil {
+			t.Error("admitted while the entry is still there and the webhook down")
+		}
+	})
+
+	t.Run("a deleted policy's entry goes once the webhook is back", func(t *testing.T) {
+		startWebhook(t)
+		framework.Eventually(t, 30*time.Second, "pods of the deleted policy admitted unwrapped", func() bool {
+			got, err := pods(selected).Create(ctx, ownedPod("", map[string]string{"tier": "nightly"}, scheduled, "Job", "batch/v1"), metav1.CreateOptions{})
+			return err == nil && wrappedLease(t, got) == ""
+		})
+		var names []string
+		framework.Eventually(t, 30*time.Second, "the entry of the deleted policy removed, the others kept", func() bool {
+			mwc, err := cp.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, "klock", metav1.GetOptions{})
+			if err != nil {
+				return false
+			}
+			names = names[:0]
+			for _, w := range mwc.Webhooks {
+				names = append(names, w.Name)
+			}
+			return !slices.Contains(names, "batch.policies.klock.io") && slices.Contains(names, "bare-pods.policies.klock.io") && slices.Contains(names, webhook.PodsWebhook)
+		})
+	})
+}
+
+// startWebhookUntil serves the webhook until the returned stop is called
+// or the test ends.
+func startWebhookUntil(t *testing.T, configure ...func(*webhook.ServerOptions)) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done, err := cp.ServeWebhook(ctx, testKlockImage, configure...)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	stopped := false
+	stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("webhook server: %v", err)
+		}
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+func TestLeaseAccess(t *testing.T) {
+	ctx := context.Background()
+	c := policyClient(t)
+	team := map[string]string{"klock-test/team": "lease-access"}
+	ns := labelledNamespace(t, team)
+	startWebhookUntil(t, func(o *webhook.ServerOptions) { o.LeaseAccess = webhook.LeaseAccessPolicy })
+	p := policy("granting", klockv1alpha1.ClusterLockPolicySpec{
+		NamespaceSelector: &metav1.LabelSelector{MatchLabels: team},
+		WorkloadKinds:     []klockv1alpha1.WorkloadKind{klockv1alpha1.CronJob},
+		GrantLeaseAccess:  true,
+	})
+	createPolicy(t, c, p)
+
+	if _, err := cp.Client.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "runner"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cronJob := &batchv1.CronJob{
+		ObjectMeta: metav1.ObjectMeta{Name: "report", Namespace: ns},
+		Spec: batchv1.CronJobSpec{Schedule: "0 3 * * *", JobTemplate: batchv1.JobTemplateSpec{Spec: batchv1.JobSpec{Template: corev1.PodTemplateSpec{
+			Spec: corev1.PodSpec{ServiceAccountName: "runner", Containers: []corev1.Container{container("app", "work")}, RestartPolicy: corev1.RestartPolicyOnFailure},
+		}}}},
+	}
+	cronJob, err := cp.Client.BatchV1().CronJobs(ns).Create(ctx, cronJob, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	may := func(verb, lease, resource string) bool {
+		t.Helper()
+		sar, err := cp.Client.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+			User:               "system:serviceaccount:" + ns + ":runner",
+			Groups:             []string{"system:serviceaccounts", "system:serviceaccounts:" + ns},
+			ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: ns, Verb: verb, Group: "coordination.k8s.io", Resource: resource, Name: lease},
+		}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sar.Status.Allowed
+	}
+	framework.Eventually(t, 30*time.Second, "runner may update Lease cronjob-report", func() bool { return may("update", "cronjob-report", "leases") })
+
+	t.Run("exactly the verbs klock uses, on its Lease", func(t *testing.T) {
+		for _, verb := range []string{"get", "watch", "update", "create"} {
+			if !may(verb, "cronjob-report", "leases") {
+				t.Errorf("runner may not %s its Lease", verb)
+			}
+		}
+		for _, verb := range []string{"delete", "patch", "list"} {
+			if may(verb, "cronjob-report", "leases") {
+				t.Errorf("runner may %s its Lease, which klock does not need without cleanup-lease", verb)
+			}
+		}
+		for _, verb := range []string{"get", "update", "watch"} {
+			if may(verb, "someone-elses", "leases") {
+				t.Errorf("runner may %s another Lease", verb)
+			}
+		}
+		if may("get", "", "leases/status") {
+			t.Error("runner may read more than leases")
+		}
+	})
+
+	t.Run("owned by the workload, labelled as klock's", func(t *testing.T) {
+		role, err := cp.Client.RbacV1().Roles(ns).Get(ctx, "klock-lease-cronjob-report", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		refs := role.OwnerReferences
+		if len(refs) != 1 || refs[0].UID != cronJob.UID || refs[0].Kind != "CronJob" || role.Labels["app.kubernetes.io/managed-by"] != "klock-webhook" {
+			t.Errorf("owners %+v, labels %v", refs, role.Labels)
+		}
+		binding, err := cp.Client.RbacV1().RoleBindings(ns).Get(ctx, "klock-lease-cronjob-report", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: ns, Name: "runner"}}; !cmp.Equal(binding.Subjects, want) {
+			t.Errorf("subjects %+v", binding.Subjects)
+		}
+	})
+
+	t.Run("cleanup-lease adds delete", func(t *testing.T) {
+		if err := c.Get(ctx, client.ObjectKeyFromObject(p), p); err != nil {
+			t.Fatal(err)
+		}
+		p.Spec.CleanupLease = true
+		if err := c.Update(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		framework.Eventually(t, 30*time.Second, "runner may delete its Lease", func() bool { return may("delete", "cronjob-report", "leases") })
+	})
+
+	t.Run("removed when no longer granted", func(t *testing.T) {
+		if err := c.Delete(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		framework.Eventually(t, 30*time.Second, "the Role and RoleBinding deleted", func() bool {
+			_, rerr := cp.Client.RbacV1().Roles(ns).Get(ctx, "klock-lease-cronjob-report", metav1.GetOptions{})
+			_, berr := cp.Client.RbacV1().RoleBindings(ns).Get(ctx, "klock-lease-cronjob-report", metav1.GetOptions{})
+			return apierrors.IsNotFound(rerr) && apierrors.IsNotFound(berr)
+		})
+		if may("update", "cronjob-report", "leases") {
+			t.Error("runner may still update its Lease")
+		}
+	})
+}

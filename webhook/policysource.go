@@ -1,0 +1,96 @@
+package webhook
+
+import (
+	"context"
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/lru"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	klockv1alpha1 "github.com/klock-io/klock/api/v1alpha1"
+)
+
+// PolicySource tells the pod handler which ClusterLockPolicies may apply
+// to a pod, and what the pod's workload is.
+type PolicySource interface {
+	// Candidates returns the policies whose namespace and pod selectors
+	// match pod.
+	Candidates(ctx context.Context, pod *corev1.Pod) ([]*klockv1alpha1.ClusterLockPolicy, error)
+	// Workload returns the top of pod's chain of controllers.
+	Workload(ctx context.Context, pod *corev1.Pod) (Workload, error)
+}
+
+// ClusterPolicies reads policies and namespaces from the manager's cache,
+// and a pod's owners from the API server: one GET of the owner's metadata
+// for a Job's or a ReplicaSet's pod, remembered by the owner's UID, since
+// the pods of one owner come in bursts and its own owner does not change.
+type ClusterPolicies struct {
+	cache  client.Reader
+	api    client.Reader
+	owners *lru.Cache // owner UID → Workload
+}
+
+// NewClusterPolicies returns a PolicySource that reads policies and
+// namespaces through cache and owners through api.
+func NewClusterPolicies(cache, api client.Reader) *ClusterPolicies {
+	return &ClusterPolicies{cache: cache, api: api, owners: lru.New(4096)}
+}
+
+var _ PolicySource = &ClusterPolicies{}
+
+// Candidates implements PolicySource.
+func (s *ClusterPolicies) Candidates(ctx context.Context, pod *corev1.Pod) ([]*klockv1alpha1.ClusterLockPolicy, error) {
+	var list klockv1alpha1.ClusterLockPolicyList
+	if err := s.cache.List(ctx, &list); err != nil {
+		return nil, fmt.Errorf("listing ClusterLockPolicies: %w", err)
+	}
+	if len(list.Items) == 0 {
+		return nil, nil
+	}
+	ns := &metav1.PartialObjectMetadata{}
+	ns.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Namespace"))
+	if err := s.cache.Get(ctx, types.NamespacedName{Name: pod.Namespace}, ns); err != nil {
+		return nil, fmt.Errorf("reading namespace %s: %w", pod.Namespace, err)
+	}
+	return Candidates(list.Items, pod, ns.Labels), nil
+}
+
+// Workload implements PolicySource.
+func (s *ClusterPolicies) Workload(ctx context.Context, pod *corev1.Pod) (Workload, error) {
+	ref := metav1.GetControllerOf(pod)
+	if ref == nil {
+		return Workload{Kind: "Pod", Name: pod.Name}, nil
+	}
+	own := Workload{Kind: ref.Kind, Name: ref.Name}
+	gv, _ := schema.ParseGroupVersion(ref.APIVersion)
+	var parentKind string
+	switch {
+	case gv.Group == "batch" && ref.Kind == "Job":
+		parentKind = "CronJob"
+	case gv.Group == "apps" && ref.Kind == "ReplicaSet":
+		parentKind = "Deployment"
+	default:
+		return own, nil
+	}
+	if w, ok := s.owners.Get(ref.UID); ok {
+		return w.(Workload), nil
+	}
+	owner := &metav1.PartialObjectMetadata{}
+	owner.SetGroupVersionKind(gv.WithKind(ref.Kind))
+	if err := s.api.Get(ctx, types.NamespacedName{Namespace: pod.Namespace, Name: ref.Name}, owner); err != nil {
+		if apierrors.IsNotFound(err) {
+			return own, nil // being deleted; the pod goes with it
+		}
+		return Workload{}, fmt.Errorf("reading the pod's %s %s: %w", ref.Kind, ref.Name, err)
+	}
+	if up := metav1.GetControllerOf(owner); up != nil && up.Kind == parentKind {
+		own = Workload{Kind: up.Kind, Name: up.Name}
+	}
+	s.owners.Add(ref.UID, own)
+	return own, nil
+}
