@@ -109,7 +109,9 @@ func (p *podWrapper) Label(k, v string) *podWrapper {
 }
 
 // policyWrapper builds ClusterLockPolicies for tests.
-type policyWrapper struct{ klockv1alpha1.ClusterLockPolicy }
+type policyWrapper struct {
+	klockv1alpha1.ClusterLockPolicy
+}
 
 func MakePolicy(name string) *policyWrapper {
 	return &policyWrapper{klockv1alpha1.ClusterLockPolicy{ObjectMeta: metav1.ObjectMeta{Name: name}}}

@@ -320,7 +320,9 @@ func TestClusterLockPolicy(t *testing.T) {
 		if lease := wrappedLease(t, got); lease != "rival-nightly" {
 			t.Errorf("lease %q, want rival-nightly", lease)
 		}
-		if w := client.take(); !slices.ContainsFunc(w, func(s string) bool { return strings.Contains(s, "ClusterLockPolicy batch (priority 0) also selects this pod, and gives way to batch-rival (priority 10)") }) {
+		if w := client.take(); !slices.ContainsFunc(w, func(s string) bool {
+			return strings.Contains(s, "ClusterLockPolicy batch (priority 0) also selects this pod, and gives way to batch-rival (priority 10)")
+		}) {
 			t.Errorf("warnings %q", w)
 		}
 		if err := c.Delete(ctx, rival); err != nil {
