@@ -124,7 +124,7 @@ func (r *LeaseAccessReconciler) reconcile(ctx context.Context, obj client.Object
 	if _, err := controllerutil.CreateOrUpdate(ctx, r.Client, role, func() error {
 		role.Labels = ManagedBy
 		role.Rules = grant.rules
-		return controllerutil.SetControllerReference(obj, role, r.Client.Scheme())
+		return setOwner(obj, role, r.Client)
 	}); err != nil {
 		return fmt.Errorf("keeping Role %s/%s: %w", key.Namespace, name, err)
 	}
@@ -133,7 +133,7 @@ func (r *LeaseAccessReconciler) reconcile(ctx context.Context, obj client.Object
 		binding.Labels = ManagedBy
 		binding.RoleRef = rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: name}
 		binding.Subjects = []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Namespace: key.Namespace, Name: grant.serviceAccount}}
-		return controllerutil.SetControllerReference(obj, binding, r.Client.Scheme())
+		return setOwner(obj, binding, r.Client)
 	}); err != nil {
 		return fmt.Errorf("keeping RoleBinding %s/%s: %w", key.Namespace, name, err)
 	}
@@ -213,4 +213,12 @@ func accessName(w Workload) string {
 	}
 	sum := sha256.Sum256([]byte(name))
 	return name[:240] + "-" + hex.EncodeToString(sum[:])[:12]
+}
+
+// setOwner makes workload the controller of obj, for garbage collection.
+// It does not block the workload's deletion: that would need update on
+// every workload kind's finalizers where OwnerReferencesPermissionEnforcement
+// is on, and a Role has nothing to finish first.
+func setOwner(workload, obj client.Object, c client.Client) error {
+	return controllerutil.SetControllerReference(workload, obj, c.Scheme(), controllerutil.WithBlockOwnerDeletion(false))
 }

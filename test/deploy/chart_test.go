@@ -113,6 +113,13 @@ func TestHelmChart(t *testing.T) {
 				if got := image[0].(map[string]any)["image"]; got != "ghcr.io/klock-io/klock:0.1.0" {
 					t.Errorf("image %v, want the appVersion's", got)
 				}
+				crd := find(objs, "CustomResourceDefinition", "clusterlockpolicies.klock.io")
+				if crd == nil || crd.GetAnnotations()["helm.sh/resource-policy"] != "keep" {
+					t.Error("want the ClusterLockPolicy CRD, kept on uninstall")
+				}
+				if find(objs, "ClusterRole", "klock-webhook-lease-access") != nil {
+					t.Error("Lease access RBAC without leaseAccess")
+				}
 			},
 		},
 		{
@@ -155,7 +162,7 @@ func TestHelmChart(t *testing.T) {
 			values: map[string]any{"tls": map[string]any{"mode": "selfManaged"}},
 			check: func(t *testing.T, objs []*unstructured.Unstructured) {
 				if find(objs, "Certificate", "klock-webhook") != nil || find(objs, "Secret", "klock-webhook-tls") == nil ||
-					find(objs, "Role", "klock-webhook-certs") == nil || find(objs, "ClusterRole", "klock-webhook-cabundle") == nil {
+					find(objs, "Role", "klock-webhook-certs") == nil || find(objs, "Role", "klock-webhook-leader-election") == nil {
 					t.Error("want the Secret and the rotation's RBAC, and no Certificate")
 				}
 				if got := find(objs, "MutatingWebhookConfiguration", "klock").GetAnnotations(); len(got) != 0 {
@@ -182,6 +189,22 @@ func TestHelmChart(t *testing.T) {
 				exprs, _, _ := unstructured.NestedSlice(hooks[0].(map[string]any), "namespaceSelector", "matchExpressions")
 				if got := exprs[0].(map[string]any)["values"]; !cmp.Equal(got, []any{"kube-system", "monitoring", "klock-system"}) {
 					t.Errorf("excluded namespaces %v", got)
+				}
+			},
+		},
+		{
+			name:   "lease access for policies, and no CRD",
+			values: map[string]any{"leaseAccess": "policy", "crds": map[string]any{"enabled": false}},
+			check: func(t *testing.T, objs []*unstructured.Unstructured) {
+				if find(objs, "ClusterRole", "klock-webhook-lease-access") == nil || find(objs, "ClusterRoleBinding", "klock-webhook-lease-access") == nil {
+					t.Error("no RBAC for the Lease access controller")
+				}
+				if find(objs, "CustomResourceDefinition", "clusterlockpolicies.klock.io") != nil {
+					t.Error("the CRD is rendered with crds.enabled false")
+				}
+				containers, _, _ := unstructured.NestedSlice(find(objs, "Deployment", "klock-webhook").Object, "spec", "template", "spec", "containers")
+				if args, _, _ := unstructured.NestedStringSlice(containers[0].(map[string]any), "args"); !slices.Contains(args, "--lease-access=policy") {
+					t.Errorf("args %q", args)
 				}
 			},
 		},
@@ -224,6 +247,8 @@ func TestHelmChart(t *testing.T) {
 		{name: "an unknown TLS mode", values: map[string]any{"tls": map[string]any{"mode": "magic"}}, want: "at '/tls/mode': value must be one of 'certManager', 'secret'"},
 		{name: "no replica", values: map[string]any{"webhook": map[string]any{"replicas": 0}}, want: "at '/webhook/replicas'"},
 		{name: "a misspelt value", values: map[string]any{"webhok": map[string]any{}}, want: "webhok"},
+		{name: "an unknown lease access", values: map[string]any{"leaseAccess": "some"}, want: "at '/leaseAccess': value must be one of 'off', 'policy', 'all'"},
+		{name: "lease access without policies", values: map[string]any{"leaseAccess": "all", "policies": map[string]any{"enabled": false}}, want: "leaseAccess needs policies.enabled"},
 		{name: "secret mode without a secret", values: map[string]any{"tls": map[string]any{"mode": "secret"}}, want: "is required with tls.mode=secret"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

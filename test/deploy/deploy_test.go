@@ -7,7 +7,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/kustomize/api/krusty"
@@ -38,7 +41,10 @@ func TestMain(m *testing.M) {
 // `kubectl apply -k` would.
 func Kustomize(t *testing.T, dir string) []*unstructured.Unstructured {
 	t.Helper()
-	resmap, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(filesys.MakeFsOnDisk(), filepath.Join(framework.RepoRoot(), dir))
+	if !filepath.IsAbs(dir) {
+		dir = filepath.Join(framework.RepoRoot(), dir)
+	}
+	resmap, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(filesys.MakeFsOnDisk(), dir)
 	if err != nil {
 		t.Fatalf("kustomize build %s: %v", dir, err)
 	}
@@ -86,4 +92,40 @@ func TestKustomizeDefaultIsValid(t *testing.T) {
 		}
 	}
 	dryRunApply(t, objs)
+}
+
+// The lease-access component gives the webhook what the chart's
+// leaseAccess does.
+func TestKustomizeLeaseAccessMatchesChart(t *testing.T) {
+	dir := t.TempDir()
+	deploy, err := filepath.Rel(dir, filepath.Join(framework.RepoRoot(), "deploy")) // kustomize takes no absolute paths
+	if err != nil {
+		t.Fatal(err)
+	}
+	overlay := "resources:\n- " + deploy + "/default\ncomponents:\n- " + deploy + "/components/lease-access\n"
+	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(overlay), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	kustomized := Kustomize(t, dir)
+	chart, err := helmTemplate(t, "klock-system", map[string]any{"leaseAccess": "policy"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, objs := range [][]*unstructured.Unstructured{kustomized, chart} {
+		containers, _, _ := unstructured.NestedSlice(find(objs, "Deployment", "klock-webhook").Object, "spec", "template", "spec", "containers")
+		if args, _, _ := unstructured.NestedStringSlice(containers[0].(map[string]any), "args"); !slices.Contains(args, "--lease-access=policy") {
+			t.Errorf("args %q lack --lease-access=policy", args)
+		}
+	}
+	rules := func(objs []*unstructured.Unstructured) any {
+		role := find(objs, "ClusterRole", "klock-webhook-lease-access")
+		if role == nil {
+			t.Fatal("no ClusterRole klock-webhook-lease-access")
+		}
+		return role.Object["rules"]
+	}
+	if diff := cmp.Diff(rules(kustomized), rules(chart)); diff != "" {
+		t.Errorf("rules (-kustomize +chart):\n%s", diff)
+	}
+	dryRunApply(t, kustomized)
 }

@@ -3,6 +3,7 @@ package deploy
 import (
 	"context"
 	"encoding/json"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -11,12 +12,16 @@ import (
 	"helm.sh/helm/v4/pkg/action"
 	"helm.sh/helm/v4/pkg/chart/loader"
 	"helm.sh/helm/v4/pkg/kube"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	klockv1alpha1 "github.com/klock-io/klock/api/v1alpha1"
 	"github.com/klock-io/klock/test/framework"
 	"github.com/klock-io/klock/webhook"
 )
@@ -44,7 +49,7 @@ func TestHelmInstallUpgradeAndAdmit(t *testing.T) {
 	install := action.NewInstall(cfg)
 	install.ReleaseName, install.Namespace, install.CreateNamespace = "klock", ns, true
 	install.WaitStrategy = kube.HookOnlyStrategy // no node runs the pods
-	values := map[string]any{"tls": map[string]any{"mode": "selfManaged"}, "image": map[string]any{"tag": "test"}}
+	values := map[string]any{"tls": map[string]any{"mode": "selfManaged"}, "image": map[string]any{"tag": "test"}, "leaseAccess": "policy"}
 	if _, err := install.RunWithContext(ctx, chart, values); err != nil {
 		t.Fatalf("helm install: %v", err)
 	}
@@ -73,8 +78,8 @@ func TestHelmInstallUpgradeAndAdmit(t *testing.T) {
 		t.Errorf("after the upgrade: %d replicas of %s, want 3 of the tag given at install", *dep.Spec.Replicas, dep.Spec.Template.Spec.Containers[0].Image)
 	}
 
-	// The webhook, as the release's pods run it, plus the name it is
-	// reached by here.
+	// The webhook, as the release's pods run it and with its service
+	// account's permissions, plus the name it is reached by here.
 	o := webhook.NewServerOptions()
 	fs := pflag.NewFlagSet("klock-webhook", pflag.ContinueOnError)
 	o.AddFlags(fs)
@@ -83,7 +88,7 @@ func TestHelmInstallUpgradeAndAdmit(t *testing.T) {
 	}
 	o.DNSNames = append(o.DNSNames, "localhost")
 	o.Port, o.CertDir, o.MetricsAddr, o.ProbeAddr = framework.Port(t), t.TempDir(), "0", "0"
-	cp.RunWebhook(t, o, ns+"/"+dep.Spec.Template.Spec.Volumes[0].Secret.SecretName)
+	cp.RunWebhookAs(t, o, ns+"/"+dep.Spec.Template.Spec.Volumes[0].Secret.SecretName, ns+"/"+dep.Spec.Template.Spec.ServiceAccountName)
 
 	// The installed configuration, sent here instead of to the Service.
 	mwcs := cp.Client.AdmissionregistrationV1().MutatingWebhookConfigurations()
@@ -123,4 +128,49 @@ func TestHelmInstallUpgradeAndAdmit(t *testing.T) {
 	if len(got.Spec.InitContainers) != 1 || got.Spec.InitContainers[0].Image != "ghcr.io/klock-io/klock:test" || got.Spec.Containers[0].Command[0] != "/klock-bin/klock" {
 		t.Errorf("the pod was not wrapped with the release's image: %+v", got.Spec)
 	}
+
+	// A policy, with the release's RBAC: an unannotated pod it selects is
+	// wrapped, and a CronJob it selects gets a Role for its Lease.
+	policies, err := client.New(cp.Config, client.Options{Scheme: webhook.Scheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	policy := &klockv1alpha1.ClusterLockPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: "install-test"},
+		Spec: klockv1alpha1.ClusterLockPolicySpec{
+			NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": apps.Name}},
+			GrantLeaseAccess:  true,
+		},
+	}
+	if err := policies.Create(ctx, policy); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = policies.Delete(ctx, policy) })
+	framework.Eventually(t, 60*time.Second, "the policy Ready", func() bool {
+		return policies.Get(ctx, client.ObjectKeyFromObject(policy), policy) == nil &&
+			meta.IsStatusConditionTrue(policy.Status.Conditions, klockv1alpha1.ConditionReady)
+	})
+	plain := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "plain"},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "busybox:1", Command: []string{"true"}}}},
+	}
+	if got, err = cp.Client.CoreV1().Pods(apps.Name).Create(ctx, plain, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if got.Annotations[webhook.AnnotationLease] != "pod-plain" || got.Spec.Containers[0].Command[0] != "/klock-bin/klock" {
+		t.Errorf("the policy's pod was not wrapped: annotations %v", got.Annotations)
+	}
+	cronJob := &batchv1.CronJob{
+		ObjectMeta: metav1.ObjectMeta{Name: "report"},
+		Spec: batchv1.CronJobSpec{Schedule: "0 3 * * *", JobTemplate: batchv1.JobTemplateSpec{Spec: batchv1.JobSpec{Template: corev1.PodTemplateSpec{
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "busybox:1", Command: []string{"true"}}}, RestartPolicy: corev1.RestartPolicyNever},
+		}}}},
+	}
+	if _, err := cp.Client.BatchV1().CronJobs(apps.Name).Create(ctx, cronJob, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	framework.Eventually(t, 60*time.Second, "a Role for the CronJob's Lease", func() bool {
+		role, err := cp.Client.RbacV1().Roles(apps.Name).Get(ctx, "klock-lease-cronjob-report", metav1.GetOptions{})
+		return err == nil && len(role.Rules) == 2 && slices.Equal(role.Rules[0].ResourceNames, []string{"cronjob-report"})
+	})
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/go-logr/logr"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 
 	"github.com/klock-io/klock/webhook"
@@ -92,12 +93,27 @@ func FreePort() (int, error) {
 // the kubelet would.
 func (cp *ControlPlane) RunWebhook(t testing.TB, o *webhook.ServerOptions, mountSecret string) {
 	t.Helper()
+	cp.RunWebhookAs(t, o, mountSecret, "")
+}
+
+// RunWebhookAs is RunWebhook with the webhook's requests made as service
+// account serviceAccount (namespace/name), as its pods would make them:
+// the test then proves that account's RBAC is enough.
+func (cp *ControlPlane) RunWebhookAs(t testing.TB, o *webhook.ServerOptions, mountSecret, serviceAccount string) {
+	t.Helper()
+	config := rest.CopyConfig(cp.Config)
+	if ns, name, ok := strings.Cut(serviceAccount, "/"); ok {
+		config.Impersonate = rest.ImpersonationConfig{
+			UserName: "system:serviceaccount:" + ns + ":" + name,
+			Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	if ns, name, ok := strings.Cut(mountSecret, "/"); ok {
 		go cp.MountSecret(ctx, ns, name, o.CertDir)
 	}
 	done := make(chan error, 1)
-	go func() { done <- webhook.Run(ctx, o, cp.Config) }()
+	go func() { done <- webhook.Run(ctx, o, config) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
