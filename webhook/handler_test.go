@@ -3,6 +3,7 @@ package webhook
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"strings"
 	"testing"
@@ -13,6 +14,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	klockv1alpha1 "github.com/klock-io/klock/api/v1alpha1"
 )
 
 func podRequest(op admissionv1.Operation, raw []byte) admission.Request {
@@ -81,6 +84,58 @@ func FuzzPodHandler(f *testing.F) {
 		resp := h.Handle(context.Background(), podRequest(admissionv1.Create, raw))
 		if !resp.Allowed && resp.Result == nil {
 			t.Fatal("a refusal without a reason")
+		}
+	})
+}
+
+// policySource is a PolicySource with fixed answers.
+type policySource struct {
+	policies []*klockv1alpha1.ClusterLockPolicy
+	err      error
+	workload Workload
+}
+
+func (s policySource) Candidates(context.Context, *corev1.Pod) ([]*klockv1alpha1.ClusterLockPolicy, error) {
+	return s.policies, s.err
+}
+
+func (s policySource) Workload(context.Context, *corev1.Pod) (Workload, error) { return s.workload, nil }
+
+func TestPodHandlerPolicies(t *testing.T) {
+	plain := podRequest(admissionv1.Create, rawPod(t, MakePod("p", "").Container("app", "busybox", "true").Obj()))
+	cronJob := Workload{Kind: "CronJob", Name: "nightly"}
+
+	t.Run("a selected pod is wrapped, its annotations in the patch", func(t *testing.T) {
+		h := NewPodHandler(Scheme(), testOptions, nil, nil).WithPolicies(policySource{policies: []*klockv1alpha1.ClusterLockPolicy{MakePolicy("p").Obj()}, workload: cronJob})
+		resp := h.Handle(context.Background(), plain)
+		if !resp.Allowed {
+			t.Fatalf("denied: %+v", resp.Result)
+		}
+		var added map[string]any
+		for _, op := range resp.Patches {
+			if op.Operation == "add" && op.Path == "/metadata/annotations" {
+				added, _ = op.Value.(map[string]any)
+			}
+		}
+		if added["klock.io/lease"] != "cronjob-nightly" || added["klock.io/policy"] != "p" {
+			t.Errorf("patch %+v lacks the lease and policy annotations", resp.Patches)
+		}
+	})
+
+	t.Run("policies that cannot be read fail the admission", func(t *testing.T) {
+		h := NewPodHandler(Scheme(), testOptions, nil, nil).WithPolicies(policySource{err: errors.New("cache not synced")})
+		if resp := h.Handle(context.Background(), plain); resp.Allowed || resp.Result.Code != http.StatusInternalServerError {
+			t.Errorf("allowed %v, result %+v: a pod a policy may select must not pass unwrapped", resp.Allowed, resp.Result)
+		}
+	})
+
+	t.Run("a denial for a policy's values names the policy", func(t *testing.T) {
+		p := MakePolicy("strict").Obj()
+		p.Spec.Container = "missing"
+		h := NewPodHandler(Scheme(), testOptions, nil, nil).WithPolicies(policySource{policies: []*klockv1alpha1.ClusterLockPolicy{p}, workload: cronJob})
+		resp := h.Handle(context.Background(), plain)
+		if resp.Allowed || !strings.Contains(resp.Result.Message, "wrapping the pod for ClusterLockPolicy strict") || !strings.Contains(resp.Result.Message, "missing") {
+			t.Errorf("allowed %v, result %+v", resp.Allowed, resp.Result)
 		}
 	})
 }

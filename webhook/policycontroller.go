@@ -142,7 +142,7 @@ func (r *PolicyReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (
 	ready, reason, message := metav1.ConditionTrue, "WebhookConfigured", "pods this policy selects are sent to the webhook"
 	if err := r.syncWebhooks(ctx, policies.Items); err != nil {
 		if apierrors.IsConflict(err) {
-			return reconcile.Result{Requeue: true}, nil
+			return reconcile.Result{}, err // someone else wrote it first: read it again
 		}
 		ready, reason, message = metav1.ConditionFalse, "WebhookNotConfigured", err.Error()
 	}
