@@ -99,7 +99,9 @@ func (s policySource) Candidates(context.Context, *corev1.Pod) ([]*klockv1alpha1
 	return s.policies, s.err
 }
 
-func (s policySource) Workload(context.Context, *corev1.Pod) (Workload, error) { return s.workload, nil }
+func (s policySource) Workload(context.Context, *corev1.Pod) (Workload, error) {
+	return s.workload, nil
+}
 
 func TestPodHandlerPolicies(t *testing.T) {
 	plain := podRequest(admissionv1.Create, rawPod(t, MakePod("p", "").Container("app", "busybox", "true").Obj()))
