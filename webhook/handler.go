@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strconv"
+	"strings"
 	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
@@ -81,6 +83,16 @@ func (h *PodHandler) handle(ctx context.Context, req admission.Request) (admissi
 	}
 	var warnings []string
 	var policy *klockv1alpha1.ClusterLockPolicy
+	if required, ok := ctx.Value(requiredPolicyKey{}).(requiredPolicy); ok {
+		// Sent by a policy's entry: this replica must know that policy at
+		// least as new as the entry, or it could let the pod in unwrapped.
+		if h.policies == nil {
+			return admission.Errored(http.StatusInternalServerError, fmt.Errorf("ClusterLockPolicy %s: this webhook runs without --policies", required.name)), outcomeError
+		}
+		if err := h.policies.Current(ctx, required.name, required.generation); err != nil {
+			return admission.Errored(http.StatusServiceUnavailable, err), outcomeError
+		}
+	}
 	if h.policies != nil {
 		// A policy that cannot be read must not let the pod in unwrapped:
 		// an error here fails the admission.
@@ -129,4 +141,27 @@ func (h *PodHandler) handle(ctx context.Context, req admission.Request) (admissi
 	// Both sides come from the same Go type, so fields it does not know
 	// cannot show up as removals in the patch.
 	return admission.PatchResponseFromRaw(original, mutated).WithWarnings(warnings...), outcomeWrapped
+}
+
+type requiredPolicyKey struct{}
+
+type requiredPolicy struct {
+	name       string
+	generation int64
+}
+
+// RequirePolicyFromPath serves the policies' entries (PolicyPath): it reads
+// the policy and generation from the path, for the pod handler to check
+// before it decides, then hands the request to next.
+func RequirePolicyFromPath(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		name, gen, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, PolicyPathPrefix), "/")
+		generation, err := strconv.ParseInt(gen, 10, 64)
+		if name == "" || err != nil {
+			http.Error(w, fmt.Sprintf("path %q: want %s<policy>/<generation>", r.URL.Path, PolicyPathPrefix), http.StatusNotFound)
+			return
+		}
+		ctx := context.WithValue(r.Context(), requiredPolicyKey{}, requiredPolicy{name: name, generation: generation})
+		next.ServeHTTP(w, r.WithContext(ctx))
+	})
 }

@@ -1,10 +1,12 @@
 package webhook
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -103,6 +105,15 @@ func (s policySource) Workload(context.Context, *corev1.Pod) (Workload, error) {
 	return s.workload, nil
 }
 
+func (s policySource) Current(_ context.Context, name string, generation int64) error {
+	for _, p := range s.policies {
+		if p.Name == name && p.Generation >= generation {
+			return nil
+		}
+	}
+	return errors.New("not known")
+}
+
 func TestPodHandlerPolicies(t *testing.T) {
 	plain := podRequest(admissionv1.Create, rawPod(t, MakePod("p", "").Container("app", "busybox", "true").Obj()))
 	cronJob := Workload{Kind: "CronJob", Name: "nightly"}
@@ -128,6 +139,27 @@ func TestPodHandlerPolicies(t *testing.T) {
 		h := NewPodHandler(Scheme(), testOptions, nil, nil).WithPolicies(policySource{err: errors.New("cache not synced")})
 		if resp := h.Handle(context.Background(), plain); resp.Allowed || resp.Result.Code != http.StatusInternalServerError {
 			t.Errorf("allowed %v, result %+v: a pod a policy may select must not pass unwrapped", resp.Allowed, resp.Result)
+		}
+	})
+
+	t.Run("a call for a policy this replica does not know yet fails", func(t *testing.T) {
+		p := MakePolicy("p").Obj()
+		p.Generation = 2
+		h := NewPodHandler(Scheme(), testOptions, nil, nil).WithPolicies(policySource{policies: []*klockv1alpha1.ClusterLockPolicy{p}, workload: cronJob})
+		serve := RequirePolicyFromPath(&admission.Webhook{Handler: h})
+		for path, wantAllowed := range map[string]bool{PolicyPath("p", 2): true, PolicyPath("p", 3): false, PolicyPath("other", 1): false} {
+			body, _ := json.Marshal(admissionv1.AdmissionReview{TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"}, Request: &plain.AdmissionRequest})
+			rec := httptest.NewRecorder()
+			req := httptest.NewRequest(http.MethodPost, path, bytes.NewReader(body))
+			req.Header.Set("Content-Type", "application/json")
+			serve.ServeHTTP(rec, req)
+			var review admissionv1.AdmissionReview
+			if err := json.Unmarshal(rec.Body.Bytes(), &review); err != nil || review.Response == nil {
+				t.Fatalf("%s: %d %s", path, rec.Code, rec.Body)
+			}
+			if review.Response.Allowed != wantAllowed {
+				t.Errorf("%s: allowed %v, want %v (%+v)", path, review.Response.Allowed, wantAllowed, review.Response.Result)
+			}
 		}
 	})
 

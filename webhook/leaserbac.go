@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -20,6 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	klockv1alpha1 "github.com/klock-io/klock/api/v1alpha1"
@@ -38,8 +41,9 @@ const (
 	managedByValue = "klock-webhook"
 )
 
-// ManagedBy selects the Roles and RoleBindings the webhook keeps.
-var ManagedBy = map[string]string{managedByLabel: managedByValue}
+// managedBy are the labels of the Roles and RoleBindings the webhook
+// keeps; a new map each time, since objects own their labels.
+func managedBy() map[string]string { return map[string]string{managedByLabel: managedByValue} }
 
 // LeaseAccessReconciler keeps, for each wrapped workload that should have
 // it, a Role and a RoleBinding that let the workload's service account use
@@ -49,7 +53,12 @@ var ManagedBy = map[string]string{managedByLabel: managedByValue}
 // are deleted when it stops being wrapped or granted.
 type LeaseAccessReconciler struct {
 	Client client.Client
-	Mode   string
+	// API reads pods' metadata when a Role is narrowed or removed.
+	API  client.Reader
+	Mode string
+	// WebhookConfiguration is the MutatingWebhookConfiguration: only the
+	// workloads in the namespaces its pods entry serves are granted.
+	WebhookConfiguration string
 }
 
 // SetupWithManager runs one controller per workload kind, on the leader.
@@ -67,13 +76,13 @@ func (r *LeaseAccessReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		})
 		err = ctrl.NewControllerManagedBy(mgr).
 			Named("lease-access-"+strings.ToLower(gvk.Kind)).
-			For(obj).
+			For(obj, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.LabelChangedPredicate{}))).
 			Owns(&rbacv1.Role{}).
 			Owns(&rbacv1.RoleBinding{}).
-			Watches(&klockv1alpha1.ClusterLockPolicy{}, byPolicy).
-			Watches(&corev1.Namespace{}, byNamespace, builder.OnlyMetadata).
+			Watches(&klockv1alpha1.ClusterLockPolicy{}, byPolicy, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+			Watches(&corev1.Namespace{}, byNamespace, builder.OnlyMetadata, builder.WithPredicates(predicate.LabelChangedPredicate{})).
 			Complete(reconcile.Func(func(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
-				return reconcile.Result{}, r.reconcile(ctx, obj.DeepCopyObject().(client.Object), req.NamespacedName)
+				return r.reconcile(ctx, obj.DeepCopyObject().(client.Object), req.NamespacedName)
 			}))
 		if err != nil {
 			return err
@@ -103,84 +112,183 @@ func (r *LeaseAccessReconciler) requestsFor(ctx context.Context, obj client.Obje
 	return reqs
 }
 
-func (r *LeaseAccessReconciler) reconcile(ctx context.Context, obj client.Object, key types.NamespacedName) error {
+func (r *LeaseAccessReconciler) reconcile(ctx context.Context, obj client.Object, key types.NamespacedName) (reconcile.Result, error) {
 	if err := r.Client.Get(ctx, key, obj); err != nil {
-		return client.IgnoreNotFound(err) // its Role goes by garbage collection
+		return reconcile.Result{}, client.IgnoreNotFound(err) // its Role goes by garbage collection
 	}
 	w, ok := templateOf(obj)
 	if !ok {
-		return nil
+		return reconcile.Result{}, nil
 	}
 	name := accessName(w.Workload)
-	grant, err := r.grant(ctx, w)
+	want, err := r.grant(ctx, w)
 	if err != nil {
-		return err
+		return reconcile.Result{}, err
 	}
-	if grant == nil || !obj.GetDeletionTimestamp().IsZero() {
-		return r.revoke(ctx, key.Namespace, name)
+	if !obj.GetDeletionTimestamp().IsZero() {
+		want = nil
+	}
+	// Pods that run already keep what they were started with: a Lease
+	// name they hold stays granted, to their service account, until no
+	// pod of that name is left, so that editing or deleting a policy
+	// does not make a running command lose its lock.
+	kept, err := r.inUse(ctx, key.Namespace, name, want)
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	grant := want.merge(kept)
+	if grant == nil {
+		return reconcile.Result{}, r.revoke(ctx, key.Namespace, name)
 	}
 
 	role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: name}}
 	if _, err := controllerutil.CreateOrUpdate(ctx, r.Client, role, func() error {
-		role.Labels = ManagedBy
-		role.Rules = grant.rules
+		metav1.SetMetaDataLabel(&role.ObjectMeta, managedByLabel, managedByValue)
+		role.Rules = grant.rules()
 		return setOwner(obj, role, r.Client)
 	}); err != nil {
-		return fmt.Errorf("keeping Role %s/%s: %w", key.Namespace, name, err)
+		return reconcile.Result{}, fmt.Errorf("keeping Role %s/%s: %w", key.Namespace, name, err)
 	}
 	binding := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: name}}
 	if _, err := controllerutil.CreateOrUpdate(ctx, r.Client, binding, func() error {
-		binding.Labels = ManagedBy
+		metav1.SetMetaDataLabel(&binding.ObjectMeta, managedByLabel, managedByValue)
 		binding.RoleRef = rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: name}
-		binding.Subjects = []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Namespace: key.Namespace, Name: grant.serviceAccount}}
+		binding.Subjects = nil
+		for _, sa := range grant.serviceAccounts {
+			binding.Subjects = append(binding.Subjects, rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Namespace: key.Namespace, Name: sa})
+		}
 		return setOwner(obj, binding, r.Client)
 	}); err != nil {
-		return fmt.Errorf("keeping RoleBinding %s/%s: %w", key.Namespace, name, err)
+		return reconcile.Result{}, fmt.Errorf("keeping RoleBinding %s/%s: %w", key.Namespace, name, err)
 	}
-	return nil
+	if kept != nil {
+		return reconcile.Result{RequeueAfter: inUseRecheck}, nil // to drop them once those pods are gone
+	}
+	return reconcile.Result{}, nil
 }
 
+// inUseRecheck is how often a Role that keeps Lease names for running
+// pods is checked again.
+const inUseRecheck = 2 * time.Minute
+
+// leaseGrant is what a workload's Role and RoleBinding grant: verbs on the
+// named Leases, and create, to its service accounts.
 type leaseGrant struct {
-	serviceAccount string
-	rules          []rbacv1.PolicyRule
+	serviceAccounts []string
+	leases          []string
+	verbs           []string // on the named Leases
+}
+
+// merge is the union of g and o, either of which may be nil.
+func (g *leaseGrant) merge(o *leaseGrant) *leaseGrant {
+	if g == nil || o == nil {
+		return cmp.Or(g, o)
+	}
+	union := func(a, b []string) []string { return slices.Compact(slices.Sorted(slices.Values(append(slices.Clone(a), b...)))) }
+	return &leaseGrant{serviceAccounts: union(g.serviceAccounts, o.serviceAccounts), leases: union(g.leases, o.leases), verbs: union(g.verbs, o.verbs)}
+}
+
+func (g *leaseGrant) rules() []rbacv1.PolicyRule {
+	return []rbacv1.PolicyRule{
+		{APIGroups: []string{coordinationv1.GroupName}, Resources: []string{"leases"}, ResourceNames: g.leases, Verbs: g.verbs},
+		// RBAC checks create before the name is known: it cannot be
+		// limited to one.
+		{APIGroups: []string{coordinationv1.GroupName}, Resources: []string{"leases"}, Verbs: []string{"create"}},
+	}
 }
 
 // grant says what w's service account needs, or nil when w is not
-// wrapped or not to be granted.
+// wrapped, or not to be granted.
 func (r *LeaseAccessReconciler) grant(ctx context.Context, w workloadTemplate) (*leaseGrant, error) {
 	pod := w.pod()
+	ns := &metav1.PartialObjectMetadata{}
+	ns.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Namespace"))
+	if err := r.Client.Get(ctx, types.NamespacedName{Name: pod.Namespace}, ns); err != nil {
+		return nil, client.IgnoreNotFound(err)
+	}
+	serves, err := servedBy(ctx, r.Client, r.WebhookConfiguration)
+	if err != nil {
+		return nil, err
+	}
+	if !serves(ns.Labels, pod.Labels) {
+		return nil, nil // the webhook never sees its pods
+	}
 	var policies klockv1alpha1.ClusterLockPolicyList
 	if err := r.Client.List(ctx, &policies); err != nil {
 		return nil, err
 	}
-	var applied *klockv1alpha1.ClusterLockPolicy
-	if len(policies.Items) > 0 {
-		ns := &metav1.PartialObjectMetadata{}
-		ns.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Namespace"))
-		if err := r.Client.Get(ctx, types.NamespacedName{Name: pod.Namespace}, ns); err != nil {
-			return nil, client.IgnoreNotFound(err)
-		}
-		var err error
-		if applied, _, err = ApplyPolicies(pod, Candidates(policies.Items, pod, ns.Labels), w.Workload); err != nil {
-			return nil, nil // its pods are denied: nothing to grant
-		}
-	}
-	if !Wants(pod) {
-		return nil, nil
+	applied, _, err := ApplyPolicies(pod, Candidates(policies.Items, pod, ns.Labels), w.Workload)
+	if err != nil || !Wants(pod) {
+		return nil, nil // its pods are denied, or not wrapped: nothing to grant
 	}
 	if r.Mode != LeaseAccessAll && (applied == nil || !applied.Spec.GrantLeaseAccess) {
 		return nil, nil
 	}
 	verbs := LeaseVerbs(pod.Annotations[AnnotationCleanupLease] == "true")
-	named := slices.DeleteFunc(slices.Clone(verbs), func(v string) bool { return v == "create" })
 	return &leaseGrant{
-		serviceAccount: cmp.Or(pod.Spec.ServiceAccountName, "default"),
-		rules: []rbacv1.PolicyRule{
-			{APIGroups: []string{coordinationv1.GroupName}, Resources: []string{"leases"}, ResourceNames: []string{pod.Annotations[AnnotationLease]}, Verbs: named},
-			// RBAC checks create before the name is known: it cannot
-			// be limited to one.
-			{APIGroups: []string{coordinationv1.GroupName}, Resources: []string{"leases"}, Verbs: []string{"create"}},
-		},
+		serviceAccounts: []string{cmp.Or(pod.Spec.ServiceAccountName, "default")},
+		leases:          []string{pod.Annotations[AnnotationLease]},
+		verbs:           slices.DeleteFunc(verbs, func(v string) bool { return v == "create" }),
+	}, nil
+}
+
+// inUse returns what the existing Role name grants beyond want that wrapped
+// pods in ns still use: the Lease names they hold, with the verbs and
+// service accounts they were granted. It reads the pods' metadata from the
+// API server, only when there is such a difference.
+func (r *LeaseAccessReconciler) inUse(ctx context.Context, ns, name string, want *leaseGrant) (*leaseGrant, error) {
+	var role rbacv1.Role
+	if err := r.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &role); err != nil {
+		return nil, client.IgnoreNotFound(err)
+	}
+	var old []string
+	for _, rule := range role.Rules {
+		old = append(old, rule.ResourceNames...)
+	}
+	extra := slices.DeleteFunc(old, func(l string) bool { return want != nil && slices.Contains(want.leases, l) })
+	if len(extra) == 0 {
+		return nil, nil
+	}
+	var pods metav1.PartialObjectMetadataList
+	pods.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("PodList"))
+	if err := r.API.List(ctx, &pods, client.InNamespace(ns)); err != nil {
+		return nil, fmt.Errorf("listing pods in %s, to keep the Leases they hold: %w", ns, err)
+	}
+	var held []string
+	for _, p := range pods.Items {
+		if lease := p.Annotations[AnnotationLease]; p.Annotations[AnnotationInjected] != "" && slices.Contains(extra, lease) {
+			held = append(held, lease)
+		}
+	}
+	if len(held) == 0 {
+		return nil, nil
+	}
+	kept := &leaseGrant{leases: held, verbs: role.Rules[0].Verbs}
+	var binding rbacv1.RoleBinding
+	if err := r.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &binding); client.IgnoreNotFound(err) != nil {
+		return nil, err
+	}
+	for _, s := range binding.Subjects {
+		kept.serviceAccounts = append(kept.serviceAccounts, s.Name)
+	}
+	return kept.merge(kept), nil // sorted, without duplicates
+}
+
+// servedBy returns whether the webhook configuration's pods entry sends
+// pods of a namespace and labels to the webhook: its namespaceSelector
+// (such as the excluded namespaces) and objectSelector.
+func servedBy(ctx context.Context, c client.Reader, configuration string) (func(nsLabels, podLabels map[string]string) bool, error) {
+	var mwc admissionregistrationv1.MutatingWebhookConfiguration
+	if err := c.Get(ctx, types.NamespacedName{Name: configuration}, &mwc); err != nil {
+		return nil, fmt.Errorf("reading MutatingWebhookConfiguration %s: %w", configuration, err)
+	}
+	i := slices.IndexFunc(mwc.Webhooks, func(w admissionregistrationv1.MutatingWebhook) bool { return w.Name == PodsWebhook })
+	if i < 0 {
+		return nil, fmt.Errorf("MutatingWebhookConfiguration %s has no entry %s", configuration, PodsWebhook)
+	}
+	pods := mwc.Webhooks[i]
+	return func(nsLabels, podLabels map[string]string) bool {
+		return matches(pods.NamespaceSelector, nsLabels) && matches(pods.ObjectSelector, podLabels)
 	}, nil
 }
 

@@ -10,6 +10,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	metav1validation "k8s.io/apimachinery/pkg/apis/meta/v1/validation"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
@@ -27,19 +28,45 @@ type Workload struct {
 	Name string
 }
 
-// Candidates returns the policies whose namespace and pod selectors match:
-// the checks that need nothing but the pod and its namespace's labels.
-// A selector that does not parse matches nothing (the API server's schema
-// keeps such selectors out).
+// Candidates returns the valid policies whose namespace and pod selectors
+// match: the checks that need nothing but the pod and its namespace's
+// labels. A policy that ValidatePolicy rejects applies to nothing; the
+// policy controller says why in its Ready condition.
 func Candidates(policies []klockv1alpha1.ClusterLockPolicy, pod *corev1.Pod, nsLabels map[string]string) []*klockv1alpha1.ClusterLockPolicy {
 	var out []*klockv1alpha1.ClusterLockPolicy
 	for i := range policies {
 		p := &policies[i]
-		if matches(p.Spec.NamespaceSelector, nsLabels) && matches(p.Spec.Selector, pod.Labels) {
+		if matches(p.Spec.NamespaceSelector, nsLabels) && matches(p.Spec.Selector, pod.Labels) && ValidatePolicy(p) == nil {
 			out = append(out, p)
 		}
 	}
 	return out
+}
+
+// ValidatePolicy checks what the CRD's schema leaves to the webhook: the
+// selectors, and the options as klock itself parses them, so that a policy
+// the API server accepted never has every pod it selects denied.
+func ValidatePolicy(p *klockv1alpha1.ClusterLockPolicy) error {
+	spec := field.NewPath("spec")
+	var errs field.ErrorList
+	opts := metav1validation.LabelSelectorValidationOptions{}
+	if s := p.Spec.NamespaceSelector; s != nil {
+		errs = append(errs, metav1validation.ValidateLabelSelector(s, opts, spec.Child("namespaceSelector"))...)
+	}
+	if s := p.Spec.Selector; s != nil {
+		errs = append(errs, metav1validation.ValidateLabelSelector(s, opts, spec.Child("selector"))...)
+	}
+	// A pod with a lease of its own, so that only the options are checked:
+	// the template is checked by the schema, and rendered per pod.
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{AnnotationLease: "check"}}}
+	values, _ := policyAnnotations(p, pod, Workload{})
+	values[AnnotationLease] = "check"
+	if _, ferrs := lockFlags(values); len(ferrs) > 0 {
+		for _, e := range ferrs {
+			errs = append(errs, field.Invalid(spec, e.BadValue, "klock does not accept the options: "+e.Detail))
+		}
+	}
+	return errs.ToAggregate()
 }
 
 func matches(s *metav1.LabelSelector, set map[string]string) bool {

@@ -186,14 +186,17 @@ func TestApplyPolicies(t *testing.T) {
 func TestPolicyWebhook(t *testing.T) {
 	pods := admissionregistrationv1.MutatingWebhook{
 		Name:              PodsWebhook,
+		ClientConfig:      admissionregistrationv1.WebhookClientConfig{Service: &admissionregistrationv1.ServiceReference{Name: "klock-webhook", Path: ptr(PodsPath)}},
 		NamespaceSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "kubernetes.io/metadata.name", Operator: metav1.LabelSelectorOpNotIn, Values: []string{"kube-system"}}}},
 		MatchConditions:   []admissionregistrationv1.MatchCondition{{Name: "annotated", Expression: "true"}},
 	}
 	p := MakePolicy("nightly").Namespaces(map[string]string{"team": "a"}).Pods(map[string]string{"tier": "batch"}).
 		Kinds(klockv1alpha1.CronJob, klockv1alpha1.Job, klockv1alpha1.Deployment).AllowSkip().Obj()
+	p.Generation = 3
 	got := PolicyWebhook(&pods, p)
 	want := admissionregistrationv1.MutatingWebhook{
-		Name: "nightly.policies.klock.io",
+		Name:         "nightly.policies.klock.io",
+		ClientConfig: admissionregistrationv1.WebhookClientConfig{Service: &admissionregistrationv1.ServiceReference{Name: "klock-webhook", Path: ptr("/mutate-pods/policies/nightly/3")}},
 		NamespaceSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{
 			{Key: "kubernetes.io/metadata.name", Operator: metav1.LabelSelectorOpNotIn, Values: []string{"kube-system"}},
 			{Key: "team", Operator: metav1.LabelSelectorOpIn, Values: []string{"a"}},
@@ -202,15 +205,16 @@ func TestPolicyWebhook(t *testing.T) {
 			{Key: "tier", Operator: metav1.LabelSelectorOpIn, Values: []string{"batch"}},
 		}},
 		MatchConditions: []admissionregistrationv1.MatchCondition{
-			{Name: "not-wrapped", Expression: "!has(object.metadata.annotations) || !('klock.io/injected' in object.metadata.annotations)"},
-			{Name: "not-skipped", Expression: "!has(object.metadata.annotations) || object.metadata.annotations[?'klock.io/skip'].orValue('') != 'true'"},
+			{Name: "not-wrapped", Expression: "!(has(object.spec.initContainers) && object.spec.initContainers.exists(c, c.name == 'klock-install') && " +
+				"object.spec.containers.exists(c, has(c.command) && size(c.command) > 0 && c.command[0] == '/klock-bin/klock'))"},
+			{Name: "not-skipped", Expression: "!has(object.metadata.annotations) || !('klock.io/skip' in object.metadata.annotations) || object.metadata.annotations['klock.io/skip'] != 'true'"},
 			{Name: "workload-kinds", Expression: "has(object.metadata.ownerReferences) && object.metadata.ownerReferences.exists(r, has(r.controller) && r.controller && r.kind in ['Job', 'ReplicaSet'])"},
 		},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Fatalf("policy webhook (-want +got):\n%s", diff)
 	}
-	if pods.Name != PodsWebhook || len(pods.MatchConditions) != 1 {
+	if pods.Name != PodsWebhook || len(pods.MatchConditions) != 1 || *pods.ClientConfig.Service.Path != PodsPath {
 		t.Fatal("the pods entry was changed")
 	}
 }
@@ -222,5 +226,21 @@ func TestAccessName(t *testing.T) {
 	long := accessName(Workload{Kind: "Deployment", Name: strings.Repeat("a", 253)})
 	if len(long) != 253 || long == accessName(Workload{Kind: "Deployment", Name: strings.Repeat("a", 252)}) {
 		t.Errorf("long names must be shortened to 253 and stay distinct: %q", long)
+	}
+}
+
+func TestValidatePolicy(t *testing.T) {
+	bad := MakePolicy("bad").Obj()
+	bad.Spec.Selector = &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "tier", Operator: "Foo"}}}
+	bad.Spec.Labels = map[string]string{"app.kubernetes.io/managed-by": "me"}
+	err := ValidatePolicy(bad)
+	if err == nil || !strings.Contains(err.Error(), "spec.selector.matchExpressions[0].operator") || !strings.Contains(err.Error(), "reserved for klock") {
+		t.Errorf("err = %v", err)
+	}
+	if Candidates([]klockv1alpha1.ClusterLockPolicy{*bad}, MakePod("p", "ns").Obj(), nil) != nil {
+		t.Error("an invalid policy is a candidate")
+	}
+	if err := ValidatePolicy(MakePolicy("good").Lease("{label:app}").Obj()); err != nil {
+		t.Errorf("a valid policy: %v", err)
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	klockv1alpha1 "github.com/klock-io/klock/api/v1alpha1"
@@ -44,16 +45,29 @@ const (
 func PolicyWebhook(pods *admissionregistrationv1.MutatingWebhook, p *klockv1alpha1.ClusterLockPolicy) admissionregistrationv1.MutatingWebhook {
 	w := *pods.DeepCopy()
 	w.Name = p.Name + policyWebhookSuffix
+	// The path names the policy and its generation: a replica whose cache
+	// has not seen them yet fails the call (and the API server refuses the
+	// pod) rather than admit it unwrapped.
+	suffix := PolicyPath(p.Name, p.Generation)[len(PodsPath):]
+	if svc := w.ClientConfig.Service; svc != nil {
+		svc.Path = ptr(strings.TrimSuffix(ptrOr(svc.Path, ""), "/") + suffix)
+	}
+	if u := w.ClientConfig.URL; u != nil {
+		w.ClientConfig.URL = ptr(strings.TrimSuffix(*u, "/") + suffix)
+	}
 	w.NamespaceSelector = andSelectors(pods.NamespaceSelector, p.Spec.NamespaceSelector)
 	w.ObjectSelector = andSelectors(pods.ObjectSelector, p.Spec.Selector)
+	// The same test as Wrapped: an annotation alone must not let a pod
+	// pass unwrapped.
 	w.MatchConditions = []admissionregistrationv1.MatchCondition{{
-		Name:       "not-wrapped",
-		Expression: "!has(object.metadata.annotations) || !('" + AnnotationInjected + "' in object.metadata.annotations)",
+		Name: "not-wrapped",
+		Expression: "!(has(object.spec.initContainers) && object.spec.initContainers.exists(c, c.name == '" + InitContainerName + "') && " +
+			"object.spec.containers.exists(c, has(c.command) && size(c.command) > 0 && c.command[0] == '" + BinaryPath + "'))",
 	}}
 	if p.Spec.AllowSkip {
 		w.MatchConditions = append(w.MatchConditions, admissionregistrationv1.MatchCondition{
 			Name:       "not-skipped",
-			Expression: "!has(object.metadata.annotations) || object.metadata.annotations[?'" + AnnotationSkip + "'].orValue('') != 'true'",
+			Expression: "!has(object.metadata.annotations) || !('" + AnnotationSkip + "' in object.metadata.annotations) || object.metadata.annotations['" + AnnotationSkip + "'] != 'true'",
 		})
 	}
 	if owners := ownerKinds(p.Spec.WorkloadKinds); len(owners) > 0 {
@@ -121,12 +135,15 @@ func (r *PolicyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	all := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
 		return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: "policies"}}}
 	})
+	// Only what changes the entries or the counts: not the status the
+	// reconciler writes itself, nor a workload's or namespace's status.
+	specs := builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.LabelChangedPredicate{}))
 	b := ctrl.NewControllerManagedBy(mgr).Named("clusterlockpolicy").
-		Watches(&klockv1alpha1.ClusterLockPolicy{}, all).
+		Watches(&klockv1alpha1.ClusterLockPolicy{}, all, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&admissionregistrationv1.MutatingWebhookConfiguration{}, all).
-		Watches(&corev1.Namespace{}, all, builder.OnlyMetadata)
+		Watches(&corev1.Namespace{}, all, builder.OnlyMetadata, builder.WithPredicates(predicate.LabelChangedPredicate{}))
 	for _, obj := range workloadObjects() {
-		b = b.Watches(obj, all)
+		b = b.Watches(obj, all, specs)
 	}
 	return b.Complete(r)
 }
@@ -139,14 +156,20 @@ func (r *PolicyReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (
 	}
 	slices.SortFunc(policies.Items, func(a, b klockv1alpha1.ClusterLockPolicy) int { return strings.Compare(a.Name, b.Name) })
 
-	ready, reason, message := metav1.ConditionTrue, "WebhookConfigured", "pods this policy selects are sent to the webhook"
-	if err := r.syncWebhooks(ctx, policies.Items); err != nil {
-		if apierrors.IsConflict(err) {
-			return reconcile.Result{}, err // someone else wrote it first: read it again
+	invalid := map[string]error{}
+	var valid []klockv1alpha1.ClusterLockPolicy
+	for _, p := range policies.Items {
+		if err := ValidatePolicy(&p); err != nil {
+			invalid[p.Name] = err
+		} else {
+			valid = append(valid, p)
 		}
-		ready, reason, message = metav1.ConditionFalse, "WebhookNotConfigured", err.Error()
 	}
-	counts, err := r.countWorkloads(ctx, policies.Items)
+	syncErr := r.syncWebhooks(ctx, valid)
+	if apierrors.IsConflict(syncErr) {
+		return reconcile.Result{}, syncErr // someone else wrote it first: read it again
+	}
+	counts, err := r.countWorkloads(ctx, valid)
 	if err != nil {
 		return reconcile.Result{}, err
 	}
@@ -155,9 +178,15 @@ func (r *PolicyReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (
 		status := p.Status.DeepCopy()
 		status.ObservedGeneration = p.Generation
 		status.Workloads = counts[p.Name]
-		meta.SetStatusCondition(&status.Conditions, metav1.Condition{
-			Type: klockv1alpha1.ConditionReady, Status: ready, Reason: reason, Message: message, ObservedGeneration: p.Generation,
-		})
+		cond := metav1.Condition{Type: klockv1alpha1.ConditionReady, Status: metav1.ConditionTrue, ObservedGeneration: p.Generation,
+			Reason: "WebhookConfigured", Message: "the pods this policy selects are sent to the webhook"}
+		switch {
+		case invalid[p.Name] != nil:
+			cond.Status, cond.Reason, cond.Message = metav1.ConditionFalse, "Invalid", "the policy applies to nothing until this is fixed: "+invalid[p.Name].Error()
+		case syncErr != nil:
+			cond.Status, cond.Reason, cond.Message = metav1.ConditionFalse, "WebhookNotConfigured", syncErr.Error()
+		}
+		meta.SetStatusCondition(&status.Conditions, cond)
 		if equality.Semantic.DeepEqual(status, &p.Status) {
 			continue
 		}
@@ -166,10 +195,7 @@ func (r *PolicyReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (
 			return reconcile.Result{}, err
 		}
 	}
-	if ready == metav1.ConditionFalse {
-		return reconcile.Result{}, fmt.Errorf("%s", message) // retried with backoff
-	}
-	return reconcile.Result{}, nil
+	return reconcile.Result{}, syncErr // retried with backoff
 }
 
 // syncWebhooks writes one entry per policy into the webhook configuration,
@@ -206,8 +232,15 @@ func (r *PolicyReconciler) countWorkloads(ctx context.Context, policies []klockv
 	if len(policies) == 0 {
 		return counts, nil
 	}
-	err := eachWorkload(ctx, r.Client, func(w workloadTemplate, nsLabels map[string]string) {
+	serves, err := servedBy(ctx, r.Client, r.WebhookConfiguration)
+	if err != nil { // the Ready condition says why; count all meanwhile
+		serves = func(_, _ map[string]string) bool { return true }
+	}
+	err = eachWorkload(ctx, r.Client, func(w workloadTemplate, nsLabels map[string]string) {
 		pod := w.pod()
+		if !serves(nsLabels, pod.Labels) {
+			return
+		}
 		for _, p := range Candidates(policies, pod, nsLabels) {
 			if len(p.Spec.WorkloadKinds) == 0 || slices.Contains(p.Spec.WorkloadKinds, klockv1alpha1.WorkloadKind(w.Kind)) {
 				counts[p.Name]++
@@ -341,4 +374,17 @@ func trimWorkload(obj any) (any, error) {
 		o.SetManagedFields(nil)
 	}
 	return obj, nil
+}
+
+// PolicyPath is where the webhook configuration's entry for generation
+// generation of policy name sends pods.
+func PolicyPath(name string, generation int64) string {
+	return fmt.Sprintf("%s%s/%d", PolicyPathPrefix, name, generation)
+}
+
+func ptrOr[T any](p *T, def T) T {
+	if p == nil {
+		return def
+	}
+	return *p
 }

@@ -23,6 +23,9 @@ type PolicySource interface {
 	Candidates(ctx context.Context, pod *corev1.Pod) ([]*klockv1alpha1.ClusterLockPolicy, error)
 	// Workload returns the top of pod's chain of controllers.
 	Workload(ctx context.Context, pod *corev1.Pod) (Workload, error)
+	// Current fails unless the source knows policy name at generation
+	// generation or later.
+	Current(ctx context.Context, name string, generation int64) error
 }
 
 // ClusterPolicies reads policies and namespaces from the manager's cache,
@@ -54,10 +57,27 @@ func (s *ClusterPolicies) Candidates(ctx context.Context, pod *corev1.Pod) ([]*k
 	}
 	ns := &metav1.PartialObjectMetadata{}
 	ns.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Namespace"))
-	if err := s.cache.Get(ctx, types.NamespacedName{Name: pod.Namespace}, ns); err != nil {
+	err := s.cache.Get(ctx, types.NamespacedName{Name: pod.Namespace}, ns)
+	if apierrors.IsNotFound(err) {
+		// Created a moment ago, and not in the cache yet.
+		err = s.api.Get(ctx, types.NamespacedName{Name: pod.Namespace}, ns)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("reading namespace %s: %w", pod.Namespace, err)
 	}
 	return Candidates(list.Items, pod, ns.Labels), nil
+}
+
+// Current implements PolicySource.
+func (s *ClusterPolicies) Current(ctx context.Context, name string, generation int64) error {
+	var p klockv1alpha1.ClusterLockPolicy
+	if err := s.cache.Get(ctx, types.NamespacedName{Name: name}, &p); err != nil {
+		return fmt.Errorf("ClusterLockPolicy %s is not known to this replica yet: %w", name, err)
+	}
+	if p.Generation < generation {
+		return fmt.Errorf("ClusterLockPolicy %s: this replica has generation %d, the webhook configuration %d; it will catch up", name, p.Generation, generation)
+	}
+	return nil
 }
 
 // Workload implements PolicySource.
@@ -83,10 +103,9 @@ func (s *ClusterPolicies) Workload(ctx context.Context, pod *corev1.Pod) (Worklo
 	owner := &metav1.PartialObjectMetadata{}
 	owner.SetGroupVersionKind(gv.WithKind(ref.Kind))
 	if err := s.api.Get(ctx, types.NamespacedName{Namespace: pod.Namespace, Name: ref.Name}, owner); err != nil {
-		if apierrors.IsNotFound(err) {
-			return own, nil // being deleted; the pod goes with it
-		}
-		return Workload{}, fmt.Errorf("reading the pod's %s %s: %w", ref.Kind, ref.Name, err)
+		// Not found too: without the owner, which policies select the pod
+		// is unknown, and it must not pass unwrapped by mistake.
+		return Workload{}, fmt.Errorf("reading the pod's %s %s, to find its workload: %w", ref.Kind, ref.Name, err)
 	}
 	if up := metav1.GetControllerOf(owner); up != nil && up.Kind == parentKind {
 		own = Workload{Kind: up.Kind, Name: up.Name}

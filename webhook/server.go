@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"time"
@@ -16,6 +17,7 @@ import (
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -40,6 +42,9 @@ import (
 const (
 	PodsPath      = "/mutate-pods"
 	WorkloadsPath = "/mutate-workloads"
+	// PolicyPathPrefix starts the paths of the policies' entries:
+	// <prefix><policy>/<generation> (see PolicyPath).
+	PolicyPathPrefix = PodsPath + "/policies/"
 )
 
 // ServerOptions are klock-webhook's flags.
@@ -189,13 +194,16 @@ func Run(ctx context.Context, o *ServerOptions, config *rest.Config) error {
 		// of one name are then shared, which is harmless here.
 		Controller: ctrlconfig.Controller{SkipNameValidation: ptr(true)},
 	}
-	mo.LeaderElection, mo.LeaderElectionID, mo.LeaderElectionNamespace = o.LeaderElect, "klock-webhook", o.LeaderElectionNamespace
+	// The ID predates the controllers, when the Lease elected the
+	// certificate rotator only; a new one would let an old and a new
+	// replica both rotate during an upgrade.
+	mo.LeaderElection, mo.LeaderElectionID, mo.LeaderElectionNamespace = o.LeaderElect, "klock-webhook-certs", o.LeaderElectionNamespace
 	// Watch the one webhook configuration, the one Secret and the Roles the
 	// webhook made, not all; keep of each workload only what policies read.
 	mo.Cache.ByObject = map[client.Object]cache.ByObject{
 		&admissionregistrationv1.MutatingWebhookConfiguration{}: {Field: fields.OneTermEqualSelector("metadata.name", o.WebhookConfiguration)},
-		&rbacv1.Role{}:        {Label: labels.SelectorFromSet(ManagedBy)},
-		&rbacv1.RoleBinding{}: {Label: labels.SelectorFromSet(ManagedBy)},
+		&rbacv1.Role{}:        {Label: labels.SelectorFromSet(managedBy())},
+		&rbacv1.RoleBinding{}: {Label: labels.SelectorFromSet(managedBy())},
 	}
 	for _, obj := range workloadObjects() {
 		mo.Cache.ByObject[obj] = cache.ByObject{Transform: trimWorkload}
@@ -222,17 +230,41 @@ func Run(ctx context.Context, o *ServerOptions, config *rest.Config) error {
 	images := NewRegistryResolver(clientset, *platform, o.ImageCacheSize, nil)
 	pods := NewPodHandler(scheme, opts, images, NewLeaseAccess(clientset))
 	if o.Policies {
+		// Every replica, leader or not, reads policies and namespaces
+		// from its cache: start those informers with the cache, and be
+		// ready only once they have synced (see below).
+		ns := &metav1.PartialObjectMetadata{}
+		ns.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Namespace"))
+		for _, obj := range []client.Object{&klockv1alpha1.ClusterLockPolicy{}, ns} {
+			if _, err := mgr.GetCache().GetInformer(ctx, obj, cache.BlockUntilSynced(false)); err != nil {
+				return fmt.Errorf("cannot watch %T: %w", obj, err)
+			}
+		}
+		if err := mgr.AddReadyzCheck("policies", func(*http.Request) error {
+			synced, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+			defer cancel()
+			if !mgr.GetCache().WaitForCacheSync(synced) {
+				return errors.New("the ClusterLockPolicies and namespaces are not in the cache yet")
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
 		pods.WithPolicies(NewClusterPolicies(mgr.GetClient(), mgr.GetAPIReader()))
 		if err := (&PolicyReconciler{Client: mgr.GetClient(), WebhookConfiguration: o.WebhookConfiguration}).SetupWithManager(mgr); err != nil {
 			return fmt.Errorf("cannot set up the ClusterLockPolicy controller: %w", err)
 		}
 	}
 	if o.LeaseAccess != LeaseAccessOff {
-		if err := (&LeaseAccessReconciler{Client: mgr.GetClient(), Mode: o.LeaseAccess}).SetupWithManager(mgr); err != nil {
+		if err := (&LeaseAccessReconciler{Client: mgr.GetClient(), API: mgr.GetAPIReader(), Mode: o.LeaseAccess, WebhookConfiguration: o.WebhookConfiguration}).SetupWithManager(mgr); err != nil {
 			return fmt.Errorf("cannot set up the Lease access controller: %w", err)
 		}
 	}
-	server.Register(PodsPath, &admission.Webhook{Handler: pods})
+	podsHook := &admission.Webhook{Handler: pods}
+	server.Register(PodsPath, podsHook)
+	if o.Policies {
+		server.Register(PolicyPathPrefix, RequirePolicyFromPath(podsHook))
+	}
 	server.Register(WorkloadsPath, &admission.Webhook{Handler: NewWorkloadHandler(scheme)})
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
 		return err

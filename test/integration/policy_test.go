@@ -276,6 +276,18 @@ func TestClusterLockPolicy(t *testing.T) {
 		}
 	})
 
+	t.Run("the webhook's own annotation does not pass for wrapped", func(t *testing.T) {
+		p := ownedPod("fake-wrapped", batch, scheduled, "Job", "batch/v1")
+		p.Annotations = map[string]string{webhook.AnnotationInjected: "app"}
+		got, err := pods(selected).Create(ctx, p, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Spec.Containers[0].Command[0] != "/klock-bin/klock" {
+			t.Errorf("admitted unwrapped: %q", got.Spec.Containers[0].Command)
+		}
+	})
+
 	t.Run("an opt-out the policy does not allow is denied", func(t *testing.T) {
 		p := ownedPod("skipper", batch, scheduled, "Job", "batch/v1")
 		p.Annotations = map[string]string{webhook.AnnotationSkip: "true"}
@@ -327,6 +339,34 @@ func TestClusterLockPolicy(t *testing.T) {
 		}
 		if err := c.Delete(ctx, rival); err != nil {
 			t.Fatal(err)
+		}
+	})
+
+	t.Run("a policy the schema lets through but klock cannot apply is not Ready, and the others are", func(t *testing.T) {
+		bad := policy("bad-selector", klockv1alpha1.ClusterLockPolicySpec{
+			NamespaceSelector: &metav1.LabelSelector{MatchLabels: team},
+			Selector:          &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "tier", Operator: "Foo"}}},
+			Labels:            map[string]string{"app.kubernetes.io/managed-by": "me"},
+		})
+		if err := c.Create(ctx, bad); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Delete(ctx, bad) })
+		framework.Eventually(t, 30*time.Second, "bad-selector Ready=False, Invalid", func() bool {
+			if c.Get(ctx, client.ObjectKeyFromObject(bad), bad) != nil {
+				return false
+			}
+			cond := meta.FindStatusCondition(bad.Status.Conditions, klockv1alpha1.ConditionReady)
+			return cond != nil && cond.Status == metav1.ConditionFalse && cond.Reason == "Invalid" &&
+				strings.Contains(cond.Message, "spec.selector.matchExpressions[0].operator") && strings.Contains(cond.Message, "reserved for klock")
+		})
+		waitReady(t, c, "batch")
+		mwc, err := cp.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, "klock", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if slices.ContainsFunc(mwc.Webhooks, func(w admissionregistrationv1.MutatingWebhook) bool { return w.Name == "bad-selector.policies.klock.io" }) {
+			t.Error("an invalid policy got an entry")
 		}
 	})
 
@@ -525,8 +565,33 @@ func TestLeaseAccess(t *testing.T) {
 		framework.Eventually(t, 30*time.Second, "runner may delete its Lease", func() bool { return may("delete", "cronjob-report", "leases") })
 	})
 
-	t.Run("removed when no longer granted", func(t *testing.T) {
+	t.Run("kept while a pod holds the Lease, removed when no longer granted", func(t *testing.T) {
+		running := pod("report-running", map[string]string{webhook.AnnotationLease: "cronjob-report"}, container("app", "work"))
+		running.Spec.ServiceAccountName = "runner"
+		if _, err := cp.Client.CoreV1().Pods(ns).Create(ctx, running, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
 		if err := c.Delete(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		// Give the controller time to act on the deletion; the pod must
+		// keep its Lease meanwhile.
+		for range 10 {
+			time.Sleep(200 * time.Millisecond)
+			if !may("update", "cronjob-report", "leases") {
+				t.Fatal("a running wrapped pod lost its Lease when the policy was deleted")
+			}
+		}
+		if err := cp.Client.CoreV1().Pods(ns).Delete(ctx, running.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To(int64(0))}); err != nil {
+			t.Fatal(err)
+		}
+		// Any change to the workload checks again (as does a timer).
+		cronJob, err := cp.Client.BatchV1().CronJobs(ns).Get(ctx, "report", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		metav1.SetMetaDataLabel(&cronJob.ObjectMeta, "touched", "yes")
+		if _, err := cp.Client.BatchV1().CronJobs(ns).Update(ctx, cronJob, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		framework.Eventually(t, 30*time.Second, "the Role and RoleBinding deleted", func() bool {

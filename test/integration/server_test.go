@@ -230,7 +230,7 @@ func TestWebhookSelfManagedTLS(t *testing.T) {
 		}
 		_ = conn.Close()
 	}
-	if _, err := cp.Client.CoordinationV1().Leases(ns).Get(ctx, "klock-webhook", metav1.GetOptions{}); err != nil {
+	if _, err := cp.Client.CoordinationV1().Leases(ns).Get(ctx, "klock-webhook-certs", metav1.GetOptions{}); err != nil {
 		t.Errorf("no leader election Lease for the rotation: %v", err)
 	}
 }
