@@ -184,7 +184,9 @@ func (g *leaseGrant) merge(o *leaseGrant) *leaseGrant {
 	if g == nil || o == nil {
 		return cmp.Or(g, o)
 	}
-	union := func(a, b []string) []string { return slices.Compact(slices.Sorted(slices.Values(append(slices.Clone(a), b...)))) }
+	union := func(a, b []string) []string {
+		return slices.Compact(slices.Sorted(slices.Values(append(slices.Clone(a), b...))))
+	}
 	return &leaseGrant{serviceAccounts: union(g.serviceAccounts, o.serviceAccounts), leases: union(g.leases, o.leases), verbs: union(g.verbs, o.verbs)}
 }
 

@@ -365,7 +365,9 @@ func TestClusterLockPolicy(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if slices.ContainsFunc(mwc.Webhooks, func(w admissionregistrationv1.MutatingWebhook) bool { return w.Name == "bad-selector.policies.klock.io" }) {
+		if slices.ContainsFunc(mwc.Webhooks, func(w admissionregistrationv1.MutatingWebhook) bool {
+			return w.Name == "bad-selector.policies.klock.io"
+		}) {
 			t.Error("an invalid policy got an entry")
 		}
 	})
