@@ -117,7 +117,9 @@ func run(m *testing.M) int {
 			logf("setup failed: %v", err)
 			return 1
 		}
-		return m.Run()
+		code := m.Run()
+		cl.Phase("scenarios")
+		return code
 	}()
 	cancel()
 	teardown()

@@ -394,9 +394,10 @@ func (c *Cluster) drain(ctx context.Context) error {
 
 // process is a component started by the cluster.
 type process struct {
-	name string
-	cmd  *exec.Cmd
-	done chan struct{}
+	name    string
+	cmd     *exec.Cmd
+	done    chan struct{}
+	stopped bool // by stop, not on its own
 }
 
 func (c *Cluster) start(name string, args ...string) error {
@@ -452,6 +453,7 @@ func (c *Cluster) stopProc(name string) {
 // stop sends SIGTERM, and SIGKILL after a few seconds (etcd and the API
 // server may not exit on SIGTERM while clients hold connections).
 func (p *process) stop() {
+	p.stopped = true
 	select {
 	case <-p.done:
 		return
@@ -486,6 +488,9 @@ func (c *Cluster) waitFor(ctx context.Context, what string, timeout time.Duratio
 			return nil
 		}
 		for _, p := range c.procs {
+			if p.stopped {
+				continue
+			}
 			select {
 			case <-p.done:
 				return fmt.Errorf("waiting for %s: %s exited (%v): see %s", what, p.name, p.cmd.ProcessState, filepath.Join(c.Logs, p.name+".log"))

@@ -124,6 +124,7 @@ func cleanHost(dir, kubeProxy, bridge string) error {
 	}
 	for _, cg := range kubepodsCgroups() {
 		if !existed[cg] {
+			killCgroup(cg)
 			errs = append(errs, removeCgroup(cg))
 		}
 	}
@@ -301,6 +302,32 @@ func splitQuoted(s string) []string {
 		out = append(out, cur.String())
 	}
 	return out
+}
+
+// killCgroup kills the processes in a cgroup tree: containers whose shim
+// was killed, when the pods could not be drained.
+func killCgroup(root string) {
+	for attempt := 0; attempt < 20; attempt++ {
+		var pids []int
+		_ = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+			if err == nil && !d.IsDir() && d.Name() == "cgroup.procs" {
+				data, _ := os.ReadFile(p)
+				for _, f := range strings.Fields(string(data)) {
+					if pid, err := strconv.Atoi(f); err == nil {
+						pids = append(pids, pid)
+					}
+				}
+			}
+			return nil
+		})
+		if len(pids) == 0 {
+			return
+		}
+		for _, pid := range pids {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // removeCgroup removes a cgroup directory tree, leaves first; cgroupfs
