@@ -309,19 +309,25 @@ func testDeploymentHandover(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer w.Stop()
+	runnerLog := follow(ctx, t, ns, runner[0])
 	deleted := time.Now()
 	if err := cl.Client.CoreV1().Pods(ns).Delete(ctx, runner[0], metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	var took time.Duration
+	var start line
 	framework.Eventually(t, 2*leaseSeconds*time.Second, waiter+" to take over", func() bool {
-		l, ok := find(podLogs(ctx, t, ns, waiter), "START")
-		took = l.at.Sub(deleted)
+		var ok bool
+		start, ok = find(podLogs(ctx, t, ns, waiter), "START")
 		return ok
 	})
+	took := start.at.Sub(deleted)
 	t.Logf("%s took over %s after %s was deleted", waiter, took.Round(time.Millisecond), runner[0])
 	if took > leaseSeconds*time.Second {
 		t.Errorf("%s took over %s after the holder was deleted, beyond the lease duration of %ds", waiter, took, leaseSeconds)
+	}
+	// Not before the deleted replica's command had finished.
+	if end := mustFind(t, runner[0], runnerLog(), "CLEANED"); start.at.Before(end) {
+		t.Errorf("%s started its command at %s, while %s's still ran (until %s)", waiter, start.at, runner[0], end)
 	}
 	var holders []string
 	timeout := time.After(10 * time.Second)
@@ -534,11 +540,7 @@ func testSignals(t *testing.T) {
 	}
 
 	// Follow first's log, which ends with the pod, and watch it go.
-	stream, err := cl.Client.CoreV1().Pods(ns).GetLogs("first", &corev1.PodLogOptions{Follow: true, Timestamps: true}).Stream(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stream.Close()
+	firstLog := follow(ctx, t, ns, "first")
 	w, err := cl.Client.CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=first"})
 	if err != nil {
 		t.Fatal(err)
@@ -548,11 +550,7 @@ func testSignals(t *testing.T) {
 	if err := cl.Client.CoreV1().Pods(ns).Delete(ctx, "first", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	raw, err := io.ReadAll(stream)
-	if err != nil {
-		t.Fatalf("following first's log: %v", err)
-	}
-	lines := parseLogs(t, string(raw))
+	lines := firstLog()
 	term := mustFind(t, "first", lines, "TERM")
 	cleaned := mustFind(t, "first", lines, "CLEANED")
 

@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"strings"
 	"sync"
 	"testing"
@@ -196,6 +197,26 @@ func podLogs(ctx context.Context, t *testing.T, ns, pod string) []line {
 		t.Fatalf("logs of %s/%s: %v", ns, pod, err)
 	}
 	return parseLogs(t, string(raw))
+}
+
+// follow streams the log of the pod's container from now on; the function
+// it returns waits until the log ends, with the container, and returns it
+// whole.
+func follow(ctx context.Context, t *testing.T, ns, pod string) func() []line {
+	t.Helper()
+	stream, err := cl.Client.CoreV1().Pods(ns).GetLogs(pod, &corev1.PodLogOptions{Follow: true, Timestamps: true}).Stream(ctx)
+	if err != nil {
+		t.Fatalf("following the log of %s/%s: %v", ns, pod, err)
+	}
+	return func() []line {
+		t.Helper()
+		defer stream.Close()
+		raw, err := io.ReadAll(stream)
+		if err != nil {
+			t.Fatalf("following the log of %s/%s: %v", ns, pod, err)
+		}
+		return parseLogs(t, string(raw))
+	}
 }
 
 func parseLogs(t *testing.T, raw string) []line {
