@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -52,6 +53,7 @@ var (
 	bin  = flag.String("bin", "", "directory with the Kubernetes binaries (bin/k8s/<version>); make e2e sets it")
 	logs = flag.String("logs", "", "directory for the components' logs; default: a new temporary directory")
 
+	// cl is the cluster the scenarios run on.
 	cl *cluster.Cluster
 )
 
@@ -72,23 +74,27 @@ func run(m *testing.M) int {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var (
+		current      atomic.Pointer[cluster.Cluster]
+		inTests      atomic.Bool
 		teardownOnce sync.Once
 		teardownErr  error
 	)
 	teardown := func() {
 		teardownOnce.Do(func() {
-			if cl == nil {
+			c := current.Load()
+			if c == nil {
 				return
 			}
 			tctx, tcancel := context.WithTimeout(context.Background(), 3*time.Minute)
 			defer tcancel()
-			teardownErr = cl.Stop(tctx)
-			cl.Summary()
+			teardownErr = c.Stop(tctx)
+			c.Summary()
 			logf("component logs are in %s", *logs)
 		})
 	}
 	// Tear down on ^C or SIGTERM, and before go test's own -timeout, which
-	// would end the process without running deferred functions.
+	// would end the process without running deferred functions. During
+	// setup, ending ctx is enough: setup stops, and so does what it started.
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	deadline := make(<-chan time.Time)
@@ -107,20 +113,26 @@ func run(m *testing.M) int {
 			return
 		}
 		cancel()
-		teardown()
-		os.Exit(1)
+		if inTests.Load() {
+			teardown()
+			os.Exit(1)
+		}
 	}()
 
-	code := func() int {
-		var err error
-		if cl, err = setup(ctx, logf); err != nil {
-			logf("setup failed: %v", err)
-			return 1
-		}
-		code := m.Run()
-		cl.Phase("scenarios")
-		return code
-	}()
+	code := 1
+	c, err := setup(ctx, logf)
+	current.Store(c) // set on a failure after the cluster started, too
+	switch {
+	case err != nil:
+		logf("setup failed: %v", err)
+	case ctx.Err() != nil:
+		logf("interrupted during setup")
+	default:
+		cl = c
+		inTests.Store(true)
+		code = m.Run()
+		c.Phase("scenarios")
+	}
 	cancel()
 	teardown()
 	if teardownErr != nil {
@@ -151,10 +163,7 @@ func setup(ctx context.Context, logf func(string, ...any)) (*cluster.Cluster, er
 	if err != nil {
 		return nil, err
 	}
-	fail := func(err error) (*cluster.Cluster, error) {
-		cl = c // torn down by run
-		return nil, err
-	}
+	fail := func(err error) (*cluster.Cluster, error) { return c, err } // run tears c down
 
 	klockImg, err := image.Build(bins.Klock, bins.Webhook, v1.Platform{OS: runtime.GOOS, Architecture: runtime.GOARCH})
 	if err != nil {
@@ -226,6 +235,9 @@ func installChart(ctx context.Context, c *cluster.Cluster) error {
 		got, err := client.CoreV1().Pods(metav1.NamespaceDefault).Create(ctx, probe, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
 		if err == nil && got.Annotations[webhook.AnnotationInjected] != "" {
 			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
 		}
 		if last = err; err == nil {
 			last = errors.New("the pod came back unwrapped")
