@@ -373,7 +373,10 @@ func testImageEntrypoint(t *testing.T) {
 
 	var manifests atomic.Int32
 	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
-	ln, err := net.Listen("tcp", ":0")
+	// Only on the bridge's address: pods reach it, the outside does not.
+	// It is private (RFC 1918), which go-containerregistry speaks plain
+	// HTTP to.
+	ln, err := net.Listen("tcp", cluster.PodGateway+":0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -387,8 +390,6 @@ func testImageEntrypoint(t *testing.T) {
 	t.Cleanup(func() { _ = srv.Close() })
 	port := ln.Addr().(*net.TCPAddr).Port
 
-	// The bridge's address is private (RFC 1918), which go-containerregistry
-	// speaks plain HTTP to.
 	ref := fmt.Sprintf("%s:%d/e2e/entrypoint:1", cluster.PodGateway, port)
 	entrypoint := []string{"/bin/sh", "-c", `echo "ran: $0 $1 under lease $KLOCK_LEASE"`}
 	cmd := []string{"from-cmd", "second-arg"}
@@ -396,7 +397,7 @@ func testImageEntrypoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	push, err := name.ParseReference(fmt.Sprintf("127.0.0.1:%d/e2e/entrypoint:1", port))
+	push, err := name.ParseReference(ref)
 	if err != nil {
 		t.Fatal(err)
 	}

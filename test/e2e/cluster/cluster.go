@@ -499,6 +499,9 @@ func (c *Cluster) waitFor(ctx context.Context, what string, timeout time.Duratio
 		}
 		select {
 		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.Canceled) {
+				return fmt.Errorf("stopped waiting for %s: %w", what, ctx.Err())
+			}
 			return fmt.Errorf("timed out after %s waiting for %s: %v (component logs in %s)", timeout, what, err, c.Logs)
 		case <-time.After(250 * time.Millisecond):
 		}
