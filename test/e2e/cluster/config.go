@@ -129,8 +129,8 @@ resolvConf: /etc/resolv.conf
 
 // kubeProxyConfig: iptables mode, which lets pods reach the API server
 // through the kubernetes Service and the API server reach the webhook's
-// Service. conntrack.maxPerCore 0 leaves the host's conntrack table size
-// alone; localhostNodePorts false leaves route_localnet alone.
+// Service. Zero conntrack settings leave the host's alone;
+// localhostNodePorts false leaves route_localnet alone.
 func kubeProxyConfig(kubeconfig string, healthzPort, metricsPort int) string {
 	return fmt.Sprintf(`apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
@@ -144,6 +144,8 @@ healthzBindAddress: 127.0.0.1:%d
 metricsBindAddress: 127.0.0.1:%d
 conntrack:
   maxPerCore: 0
+  tcpEstablishedTimeout: 0s
+  tcpCloseWaitTimeout: 0s
 iptables:
   localhostNodePorts: false
 `, kubeconfig, PodCIDR, NodeName, healthzPort, metricsPort)

@@ -35,8 +35,21 @@ var (
 // cluster's directory so that a later run can clean up after one that was
 // killed before its teardown.
 type hostState struct {
-	Existing []string `json:"existing"` // hostDirs and cgroups present before
-	Netns    []string `json:"netns"`
+	Existing []string          `json:"existing"` // hostDirs and cgroups present before
+	Netns    []string          `json:"netns"`
+	Sysctls  map[string]string `json:"sysctls"` // path under /proc/sys → value before
+}
+
+// Kernel settings the components change, restored at teardown: the
+// kubelet's kernel tunables (it sets them unless protectKernelDefaults,
+// which instead refuses to start when they differ), kube-proxy's conntrack
+// settings, and forwarding, which the CNI bridge turns on.
+var sysctls = []string{
+	"vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
+	"kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes",
+	"net/netfilter/nf_conntrack_max", "net/netfilter/nf_conntrack_tcp_timeout_established",
+	"net/netfilter/nf_conntrack_tcp_timeout_close_wait",
+	"net/ipv4/ip_forward", "net/ipv4/conf/all/route_localnet",
 }
 
 const stateFile = "host-state.json"
@@ -49,6 +62,12 @@ func snapshotHost(dir string) error {
 		}
 	}
 	s.Netns = netnsNames()
+	s.Sysctls = map[string]string{}
+	for _, k := range sysctls {
+		if v, err := os.ReadFile(filepath.Join("/proc/sys", k)); err == nil {
+			s.Sysctls[k] = strings.TrimSpace(string(v))
+		}
+	}
 	data, err := json.Marshal(s)
 	if err != nil {
 		return err
@@ -138,6 +157,14 @@ func cleanHost(dir, kubeProxy, bridge string) error {
 	for _, p := range hostEmptyDirs {
 		if !existed[p] {
 			_ = os.Remove(p) // fails if not empty: then not ours alone
+		}
+	}
+	for k, v := range s.Sysctls {
+		path := filepath.Join("/proc/sys", k)
+		if cur, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(cur)) != v {
+			if err := os.WriteFile(path, []byte(v), 0o644); err != nil {
+				errs = append(errs, fmt.Errorf("restoring %s to %s: %w", k, v, err))
+			}
 		}
 	}
 	return errors.Join(errs...)
