@@ -576,6 +576,11 @@ func testSignals(t *testing.T) {
 	if st := last.Status.ContainerStatuses[0].State.Terminated; st == nil || st.ExitCode != 0 {
 		t.Errorf("first's container ended as %s, want exit 0 from its trap (not killed)", describe(last))
 	}
+	// The kubelet's own account: it stopped the container gracefully.
+	framework.Eventually(t, 30*time.Second, "the kubelet's Killing event for first", func() bool {
+		evs, err := cl.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=first,reason=Killing"})
+		return err == nil && len(evs.Items) > 0 && strings.Contains(evs.Items[0].Message, "Stopping container app")
+	})
 
 	var start time.Time
 	framework.Eventually(t, time.Minute, "second to run its command", func() bool {

@@ -189,6 +189,8 @@ type line struct {
 	text string
 }
 
+func (l line) String() string { return l.at.Format("15:04:05.000") + " " + l.text }
+
 // podLogs is the log of the pod's (first) container, timestamped.
 func podLogs(ctx context.Context, t *testing.T, ns, pod string) []line {
 	t.Helper()
@@ -248,7 +250,7 @@ func mustFind(t *testing.T, pod string, lines []line, prefix string) time.Time {
 	t.Helper()
 	l, ok := find(lines, prefix)
 	if !ok {
-		t.Fatalf("pod %s never logged %q; its log: %v", pod, prefix, lines)
+		t.Fatalf("pod %s never logged %q; its log: %q", pod, prefix, lines)
 	}
 	return l.at
 }
