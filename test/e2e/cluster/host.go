@@ -389,6 +389,9 @@ func Leftovers(dir string) []string {
 	for _, c := range KubeChains() {
 		left = append(left, "iptables chain "+c)
 	}
+	if _, err := os.Stat("/sys/class/net/" + Bridge); err == nil {
+		left = append(left, "network interface "+Bridge)
+	}
 	if _, err := os.Stat(dir); err == nil {
 		left = append(left, "directory "+dir)
 	}
