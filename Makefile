@@ -55,7 +55,7 @@ integration: control-plane ## Run the integration tests against a real kube-apis
 
 .PHONY: e2e
 e2e: e2e-deps control-plane node ## Run the end-to-end tests on a real single-node cluster (root; installs its Debian packages).
-	cd test && $(GO) vet -tags e2e ./e2e/...
+	cd test && $(GO) vet -tags e2e ./e2e/... && $(GO) test -count=1 ./e2e/cluster/
 	cd test && $(GO) test -tags e2e -count=1 -timeout 30m -v ./e2e/ -args -bin $(ASSETS) -logs $(BIN)/e2e-logs $(E2E_ARGS)
 
 # The end-to-end cluster's host packages, installed when a command is missing.
