@@ -60,14 +60,14 @@ e2e: e2e-deps control-plane node ## Run the end-to-end tests on a real single-no
 
 # The end-to-end cluster's host packages, installed when a command is missing.
 E2E_PACKAGES := containerd runc containernetworking-plugins busybox-static iptables conntrack
-E2E_COMMANDS := containerd runc /usr/lib/cni/bridge /bin/busybox iptables conntrack
+E2E_COMMANDS := containerd ctr runc /usr/lib/cni/bridge /bin/busybox iptables conntrack
 
 .PHONY: e2e-deps
 e2e-deps: ## Install the Debian packages the end-to-end cluster needs, if missing.
 	@missing=; for c in $(E2E_COMMANDS); do command -v $$c >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing $(E2E_PACKAGES)"; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(E2E_PACKAGES); \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(E2E_PACKAGES); \
 	fi
 
 .PHONY: fuzz
