@@ -245,7 +245,7 @@ func cleanIptables(kubeProxy string) error {
 		if _, err := exec.LookPath(ipt); err != nil {
 			continue
 		}
-		for _, table := range []string{"filter", "nat", "mangle"} {
+		for _, table := range tablesOf(ipt) {
 			for _, chain := range kubeChains(ipt, table) {
 				_ = exec.Command(ipt, "-t", table, "-F", chain).Run()
 			}
@@ -264,6 +264,21 @@ func cleanIptables(kubeProxy string) error {
 	return errors.Join(errs...)
 }
 
+// tablesOf are the tables to look for KUBE- chains in with ipt. For the
+// legacy backend, only the tables the kernel has: listing one would create
+// it.
+func tablesOf(ipt string) []string {
+	if !strings.HasSuffix(ipt, "-legacy") {
+		return []string{"filter", "nat", "mangle"}
+	}
+	names := "/proc/net/ip_tables_names"
+	if strings.HasPrefix(ipt, "ip6") {
+		names = "/proc/net/ip6_tables_names"
+	}
+	data, _ := os.ReadFile(names)
+	return strings.Fields(string(data))
+}
+
 func kubeChains(ipt, table string) []string {
 	out, _ := exec.Command(ipt, "-t", table, "-S").Output()
 	var chains []string
@@ -280,7 +295,7 @@ func kubeChains(ipt, table string) []string {
 func KubeChains() []string {
 	var all []string
 	for _, ipt := range iptablesCommands {
-		for _, table := range []string{"filter", "nat", "mangle"} {
+		for _, table := range tablesOf(ipt) {
 			for _, c := range kubeChains(ipt, table) {
 				all = append(all, ipt+" "+table+" "+c)
 			}
