@@ -59,8 +59,8 @@ e2e: e2e-deps control-plane node ## Run the end-to-end tests on a real single-no
 	cd test && $(GO) test -tags e2e -count=1 -timeout 30m -v ./e2e/ -args -bin $(ASSETS) -logs $(BIN)/e2e-logs $(E2E_ARGS)
 
 # The end-to-end cluster's host packages, installed when a command is missing.
-E2E_PACKAGES := containerd runc containernetworking-plugins busybox-static iptables conntrack
-E2E_COMMANDS := containerd ctr runc /usr/lib/cni/bridge /bin/busybox iptables conntrack
+E2E_PACKAGES := containerd runc containernetworking-plugins busybox-static iptables conntrack iproute2
+E2E_COMMANDS := containerd ctr runc /usr/lib/cni/bridge /bin/busybox iptables conntrack ip
 
 .PHONY: e2e-deps
 e2e-deps: ## Install the Debian packages the end-to-end cluster needs, if missing.
