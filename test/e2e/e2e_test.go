@@ -21,7 +21,6 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	appsv1 "k8s.io/api/apps/v1"
-	authorizationv1 "k8s.io/api/authorization/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -499,13 +498,6 @@ func testLeasePermissions(t *testing.T) {
 	}
 
 	grantLeaseHolder(ctx, t, ns, sa)
-	framework.Eventually(t, 30*time.Second, "the RoleBinding to take effect", func() bool {
-		r, err := cl.Client.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
-			User:               "system:serviceaccount:" + ns + ":" + sa,
-			ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: ns, Verb: "update", Group: "coordination.k8s.io", Resource: "leases"},
-		}}, metav1.CreateOptions{})
-		return err == nil && r.Status.Allowed
-	})
 	create("granted")
 	if got := warns.take(); len(got) > 0 {
 		t.Errorf("admission warnings %q once the role is bound, want none", got)

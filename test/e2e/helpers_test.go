@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -19,6 +20,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/klock-io/klock/test/framework"
 	"github.com/klock-io/klock/webhook"
 )
 
@@ -60,6 +62,13 @@ func grantLeaseHolder(ctx context.Context, t *testing.T, ns, sa string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	framework.Eventually(t, 30*time.Second, "the RoleBinding to take effect", func() bool {
+		r, err := cl.Client.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+			User:               "system:serviceaccount:" + ns + ":" + sa,
+			ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: ns, Verb: "update", Group: "coordination.k8s.io", Resource: "leases"},
+		}}, metav1.CreateOptions{})
+		return err == nil && r.Status.Allowed
+	})
 }
 
 // busybox is a container of the busybox image that runs script with sh.
