@@ -66,6 +66,23 @@ unit: ## Run the unit tests.
 integration: control-plane ## Run the integration tests against a real kube-apiserver and etcd, and the image builder's.
 	cd test && $(GO) test -race -count=1 -timeout 20m ./integration/... ./image/... ./deploy/...
 
+.PHONY: e2e
+e2e: e2e-deps control-plane node ## Run the end-to-end tests on a real single-node cluster (root; installs its Debian packages).
+	cd test && $(GO) vet -tags e2e ./e2e/... && $(GO) test -count=1 ./e2e/cluster/
+	cd test && $(GO) test -tags e2e -count=1 -timeout 30m -v ./e2e/ -args -bin $(ASSETS) -logs $(BIN)/e2e-logs $(E2E_ARGS)
+
+# The end-to-end cluster's host packages, installed when a command is missing.
+E2E_PACKAGES := containerd runc containernetworking-plugins busybox-static iptables conntrack iproute2
+E2E_COMMANDS := containerd ctr runc /usr/lib/cni/bridge /bin/busybox iptables conntrack ip
+
+.PHONY: e2e-deps
+e2e-deps: ## Install the Debian packages the end-to-end cluster needs, if missing.
+	@missing=; for c in $(E2E_COMMANDS); do command -v $$c >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing $(E2E_PACKAGES)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(E2E_PACKAGES); \
+	fi
+
 .PHONY: fuzz
 fuzz: ## Fuzz the pod mutation and the pod handler, a minute each (FUZZTIME=10m for longer).
 	$(GO) test -run '^$$' -fuzz FuzzMutate -fuzztime $(or $(FUZZTIME),1m) ./webhook
@@ -105,6 +122,14 @@ $(ASSETS)/kube-apiserver:
 
 $(ASSETS)/etcd:
 	cd test && $(GO) build -trimpath -ldflags '-s -w' -o $@ go.etcd.io/etcd/server/v3
+
+NODE_BINARIES := kube-controller-manager kube-scheduler kubelet kube-proxy
+
+.PHONY: node
+node: $(addprefix $(ASSETS)/,$(NODE_BINARIES)) ## Build the controller manager, scheduler, kubelet and kube-proxy for make e2e (cached in bin/).
+
+$(addprefix $(ASSETS)/,$(NODE_BINARIES)):
+	cd test && $(GO) build -trimpath -ldflags '$(KUBE_LDFLAGS)' -o $@ k8s.io/kubernetes/cmd/$(notdir $@)
 
 .PHONY: clean
 clean: ## Remove built binaries (keeps the cached control plane).
