@@ -24,11 +24,14 @@ import (
 	batchv1 "k8s.io/api/batch/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	klockv1alpha1 "github.com/klock-io/klock/api/v1alpha1"
 	"github.com/klock-io/klock/test/e2e/cluster"
 	"github.com/klock-io/klock/test/framework"
 	"github.com/klock-io/klock/webhook"
@@ -43,6 +46,7 @@ func TestE2E(t *testing.T) {
 		t.Run("Deployment replicas take turns", testDeploymentHandover)
 		t.Run("image ENTRYPOINT and CMD from a registry", testImageEntrypoint)
 		t.Run("service account without Lease permissions", testLeasePermissions)
+		t.Run("a ClusterLockPolicy wraps a Job and grants its Lease", testPolicyLeaseAccess)
 		t.Run("SIGTERM reaches the command and the Lease is released", testSignals)
 	})
 	t.Run("pods without klock annotations run while the webhook is down", testUntouchedWithoutWebhook)
@@ -507,6 +511,81 @@ func testLeasePermissions(t *testing.T) {
 		t.Fatalf("pod granted %s, want Succeeded: %s", p.Status.Phase, describe(p))
 	}
 	mustFind(t, "granted", podLogs(ctx, t, ns, "granted"), "END")
+}
+
+// Scenario 5, continued, with a policy: a ClusterLockPolicy selects
+// a Job that carries no klock annotation, under a service account that may
+// not use Leases. The webhook wraps its pod, the Lease access controller
+// grants the account that one Lease, and the Job completes on the node.
+func testPolicyLeaseAccess(t *testing.T) {
+	t.Parallel()
+	timed(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	ns := newNamespace(ctx, t, "policy")
+	const sa = "batch-runner"
+	createServiceAccount(ctx, t, ns, sa)
+
+	policies, err := client.New(cl.Config, client.Options{Scheme: webhook.Scheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	policy := &klockv1alpha1.ClusterLockPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: ns},
+		Spec: klockv1alpha1.ClusterLockPolicySpec{
+			NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{corev1.LabelMetadataName: ns}},
+			WorkloadKinds:     []klockv1alpha1.WorkloadKind{klockv1alpha1.Job},
+			GrantLeaseAccess:  true,
+			Wait:              "1m",
+		},
+	}
+	if err := policies.Create(ctx, policy); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = policies.Delete(context.Background(), policy) })
+	framework.Eventually(t, time.Minute, "the policy Ready", func() bool {
+		return policies.Get(ctx, client.ObjectKeyFromObject(policy), policy) == nil &&
+			meta.IsStatusConditionTrue(policy.Status.Conditions, klockv1alpha1.ConditionReady)
+	})
+
+	spec := podSpec(busybox("app", "echo START; echo END"))
+	spec.ServiceAccountName = sa
+	job, err := cl.Client.BatchV1().Jobs(ns).Create(ctx, &batchv1.Job{
+		ObjectMeta: metav1.ObjectMeta{Name: "report"},
+		Spec:       batchv1.JobSpec{BackoffLimit: ptr.To(int32(3)), Template: corev1.PodTemplateSpec{Spec: spec}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	framework.Eventually(t, 2*time.Minute, "the Job to complete", func() bool {
+		j, err := cl.Client.BatchV1().Jobs(ns).Get(ctx, job.Name, metav1.GetOptions{})
+		return err == nil && j.Status.Succeeded == 1
+	})
+	role, err := cl.Client.RbacV1().Roles(ns).Get(ctx, "klock-lease-job-report", metav1.GetOptions{})
+	if err != nil || !slices.Equal(role.Rules[0].ResourceNames, []string{"job-report"}) {
+		t.Fatalf("the Role for the Job's Lease: %v, %+v", err, role)
+	}
+	pods, err := cl.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "job-name=" + job.Name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var succeeded int
+	for _, p := range pods.Items {
+		wrapped(t, &p, "job-report")
+		if p.Annotations[webhook.AnnotationPolicy] != policy.Name {
+			t.Errorf("pod %s: klock.io/policy %q, want %q", p.Name, p.Annotations[webhook.AnnotationPolicy], policy.Name)
+		}
+		if p.Status.Phase == corev1.PodSucceeded {
+			succeeded++
+			mustFind(t, p.Name, podLogs(ctx, t, ns, p.Name), "END")
+		}
+	}
+	// A pod started before the Role existed fails with 125 and the Job
+	// retries; how many tries it took is timing, the success is not.
+	t.Logf("%d pod(s), %d succeeded", len(pods.Items), succeeded)
+	if succeeded != 1 {
+		t.Errorf("%d pods succeeded, want 1", succeeded)
+	}
 }
 
 // Scenario 6: deleting a wrapped pod that runs its command delivers SIGTERM

@@ -213,6 +213,8 @@ func installChart(ctx context.Context, c *cluster.Cluster) error {
 		"tls":     map[string]any{"mode": "selfManaged"},
 		"image":   map[string]any{"repository": "ghcr.io/klock-io/klock", "tag": "e2e", "pullPolicy": "Never"},
 		"webhook": map[string]any{"replicas": 2},
+		// The Lease access controller, for the policy scenario.
+		"leaseAccess": "policy",
 	}
 	if _, err := install.RunWithContext(ctx, chart, values); err != nil {
 		return fmt.Errorf("helm install: %w", err)
