@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"helm.sh/helm/v4/pkg/action"
 	"helm.sh/helm/v4/pkg/chart/loader"
@@ -30,6 +31,7 @@ import (
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/klock-io/klock/test/e2e/cluster"
 	"github.com/klock-io/klock/test/framework"
@@ -61,6 +63,9 @@ func TestMain(m *testing.M) { os.Exit(run(m)) }
 
 func run(m *testing.M) int {
 	flag.Parse()
+	// The tests read what happens from the cluster; controller-runtime's
+	// client (for ClusterLockPolicies) would otherwise complain of no logger.
+	ctrllog.SetLogger(logr.Discard())
 	logf := func(format string, args ...any) { fmt.Printf("e2e: "+format+"\n", args...) }
 	if *bin == "" {
 		logf("-bin is not set: run the end-to-end tests with make e2e")
