@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path"
+	"strings"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -34,25 +35,55 @@ var Entrypoint = []string{WebhookPath}
 // Build returns the image for platform: the klock and klock-webhook
 // binaries given, as one layer on an empty base.
 func Build(klockBin, webhookBin string, platform v1.Platform) (v1.Image, error) {
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for dst, src := range map[string]string{KlockPath: klockBin, WebhookPath: webhookBin} {
-		data, err := os.ReadFile(src)
+	var files []File
+	for _, f := range []struct{ dst, src string }{{KlockPath, klockBin}, {WebhookPath, webhookBin}} {
+		data, err := os.ReadFile(f.src)
 		if err != nil {
 			return nil, err
 		}
-		hdr := &tar.Header{Name: path.Clean(dst)[1:], Mode: 0o755, Size: int64(len(data)), Typeflag: tar.TypeReg, ModTime: time.Unix(0, 0)}
+		files = append(files, File{Path: f.dst, Mode: 0o755, Data: data})
+	}
+	return FromFiles(files, platform, v1.Config{User: User, Entrypoint: Entrypoint})
+}
+
+// File is one entry of an image layer: a regular file, a directory (Dir)
+// or a symbolic link (Linkname).
+type File struct {
+	Path     string
+	Mode     int64
+	Data     []byte
+	Linkname string
+	Dir      bool
+}
+
+// FromFiles returns an image for platform whose one layer holds files,
+// on an empty base, with cfg as its config (entrypoint, user, ...).
+// Every entry has the same time, so the same files make the same image.
+func FromFiles(files []File, platform v1.Platform, cfg v1.Config) (v1.Image, error) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, f := range files {
+		hdr := &tar.Header{Name: strings.TrimPrefix(path.Clean(f.Path), "/"), Mode: f.Mode, ModTime: time.Unix(0, 0)}
+		switch {
+		case f.Dir:
+			hdr.Typeflag = tar.TypeDir
+		case f.Linkname != "":
+			hdr.Typeflag, hdr.Linkname = tar.TypeSymlink, f.Linkname
+		default:
+			hdr.Typeflag, hdr.Size = tar.TypeReg, int64(len(f.Data))
+		}
 		if err := tw.WriteHeader(hdr); err != nil {
 			return nil, err
 		}
-		if _, err := tw.Write(data); err != nil {
+		if _, err := tw.Write(f.Data); err != nil {
 			return nil, err
 		}
 	}
 	if err := tw.Close(); err != nil {
 		return nil, err
 	}
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf.Bytes())), nil })
+	data := buf.Bytes()
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
 	if err != nil {
 		return nil, err
 	}
@@ -60,15 +91,14 @@ func Build(klockBin, webhookBin string, platform v1.Platform) (v1.Image, error) 
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := img.ConfigFile()
+	cf, err := img.ConfigFile()
 	if err != nil {
 		return nil, err
 	}
-	cfg = cfg.DeepCopy()
-	cfg.OS, cfg.Architecture, cfg.Variant = platform.OS, platform.Architecture, platform.Variant
-	cfg.Config.User = User
-	cfg.Config.Entrypoint = Entrypoint
-	return mutate.ConfigFile(img, cfg)
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture, cf.Variant = platform.OS, platform.Architecture, platform.Variant
+	cf.Config = cfg
+	return mutate.ConfigFile(img, cf)
 }
 
 // WriteTarball writes img, tagged tag, as a tarball that
