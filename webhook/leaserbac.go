@@ -93,20 +93,15 @@ func (r *LeaseAccessReconciler) SetupWithManager(mgr ctrl.Manager) error {
 
 // requestsFor lists the workloads of obj's kind, in namespace ns or all.
 func (r *LeaseAccessReconciler) requestsFor(ctx context.Context, obj client.Object, ns string) []reconcile.Request {
-	gvk, err := r.Client.GroupVersionKindFor(obj)
+	list, err := listFor(r.Client, obj)
 	if err != nil {
 		return nil
 	}
-	typed, err := r.Client.Scheme().New(gvk.GroupVersion().WithKind(gvk.Kind + "List"))
-	if err != nil {
-		return nil
-	}
-	tl := typed.(client.ObjectList)
-	if err := r.Client.List(ctx, tl, client.InNamespace(ns)); err != nil {
+	if err := r.Client.List(ctx, list, client.InNamespace(ns)); err != nil {
 		return nil
 	}
 	var reqs []reconcile.Request
-	_ = metaEach(tl, func(o client.Object) {
+	_ = metaEach(list, func(o client.Object) {
 		reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(o)})
 	})
 	return reqs
@@ -184,10 +179,12 @@ func (g *leaseGrant) merge(o *leaseGrant) *leaseGrant {
 	if g == nil || o == nil {
 		return cmp.Or(g, o)
 	}
-	union := func(a, b []string) []string {
-		return slices.Compact(slices.Sorted(slices.Values(append(slices.Clone(a), b...))))
-	}
 	return &leaseGrant{serviceAccounts: union(g.serviceAccounts, o.serviceAccounts), leases: union(g.leases, o.leases), verbs: union(g.verbs, o.verbs)}
+}
+
+// union is the sorted set of a's and b's elements.
+func union(a, b []string) []string {
+	return slices.Compact(slices.Sorted(slices.Values(append(slices.Clone(a), b...))))
 }
 
 func (g *leaseGrant) rules() []rbacv1.PolicyRule {
@@ -265,15 +262,15 @@ func (r *LeaseAccessReconciler) inUse(ctx context.Context, ns, name string, want
 	if len(held) == 0 {
 		return nil, nil
 	}
-	kept := &leaseGrant{leases: held, verbs: role.Rules[0].Verbs}
 	var binding rbacv1.RoleBinding
 	if err := r.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &binding); client.IgnoreNotFound(err) != nil {
 		return nil, err
 	}
+	var accounts []string
 	for _, s := range binding.Subjects {
-		kept.serviceAccounts = append(kept.serviceAccounts, s.Name)
+		accounts = append(accounts, s.Name)
 	}
-	return kept.merge(kept), nil // sorted, without duplicates
+	return &leaseGrant{serviceAccounts: union(accounts, nil), leases: union(held, nil), verbs: role.Rules[0].Verbs}, nil
 }
 
 // servedBy returns whether the webhook configuration's pods entry sends

@@ -303,7 +303,7 @@ func templateOf(obj client.Object) (w workloadTemplate, ok bool) {
 
 // eachWorkload calls fn for every workload in the cache, with its
 // namespace's labels.
-func eachWorkload(ctx context.Context, c client.Reader, fn func(workloadTemplate, map[string]string)) error {
+func eachWorkload(ctx context.Context, c client.Client, fn func(workloadTemplate, map[string]string)) error {
 	var namespaces metav1.PartialObjectMetadataList
 	namespaces.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("NamespaceList"))
 	if err := c.List(ctx, &namespaces); err != nil {
@@ -313,8 +313,11 @@ func eachWorkload(ctx context.Context, c client.Reader, fn func(workloadTemplate
 	for _, ns := range namespaces.Items {
 		nsLabels[ns.Name] = ns.Labels
 	}
-	lists := []client.ObjectList{&batchv1.CronJobList{}, &batchv1.JobList{}, &appsv1.DeploymentList{}, &appsv1.StatefulSetList{}, &appsv1.DaemonSetList{}}
-	for _, list := range lists {
+	for _, obj := range workloadObjects() {
+		list, err := listFor(c, obj)
+		if err != nil {
+			return err
+		}
 		if err := c.List(ctx, list); err != nil {
 			return err
 		}
@@ -387,4 +390,17 @@ func ptrOr[T any](p *T, def T) T {
 		return def
 	}
 	return *p
+}
+
+// listFor returns an empty list of obj's kind, from c's scheme.
+func listFor(c client.Client, obj client.Object) (client.ObjectList, error) {
+	gvk, err := c.GroupVersionKindFor(obj)
+	if err != nil {
+		return nil, err
+	}
+	list, err := c.Scheme().New(gvk.GroupVersion().WithKind(gvk.Kind + "List"))
+	if err != nil {
+		return nil, err
+	}
+	return list.(client.ObjectList), nil
 }
