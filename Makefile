@@ -54,6 +54,25 @@ verify: generate ## Fail if code is unformatted, generated files are stale, or g
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "run make fmt"; exit 1; }
 	$(GO) mod tidy -diff
 	cd test && $(GO) mod tidy -diff
+	@$(MAKE) --no-print-directory verify-files
+
+# Tracked files that may be over MAX_FILE_BYTES or executable binaries; none
+# today. Add a path here, with the reason in the commit, to allow one.
+LARGE_FILE_EXCEPTIONS :=
+MAX_FILE_BYTES := 1048576
+
+.PHONY: verify-files
+verify-files: ## Fail if git tracks an executable binary (ELF, Mach-O, PE) or a file over 1 MiB.
+	@bad=; for f in $$(git ls-files); do \
+		[ -f "$$f" ] || continue; \
+		case " $(LARGE_FILE_EXCEPTIONS) " in *" $$f "*) continue;; esac; \
+		size=$$(wc -c < "$$f"); \
+		if [ "$$size" -gt $(MAX_FILE_BYTES) ]; then echo "$$f: $$size bytes, over the 1 MiB limit for tracked files"; bad=1; fi; \
+		magic=$$(head -c 4 "$$f" | od -An -tx1 | tr -d ' \n'); \
+		case "$$magic" in 7f454c46|cffaedfe|cefaedfe|feedfacf|feedface|4d5a*) \
+			echo "$$f: an executable binary (magic $$magic) is tracked"; bad=1;; esac; \
+	done; \
+	if [ -n "$$bad" ]; then echo "remove these from git (git rm --cached FILE) or list them in LARGE_FILE_EXCEPTIONS with a reason"; exit 1; fi
 
 .PHONY: test
 test: verify vet unit integration ## Run all tests: unit, then integration against a real API server.
