@@ -32,9 +32,12 @@ The command gets these environment variables:
                          hand it to what the lock protects to fence off a
                          holder that lost the lock without noticing
 
-Signals: TERM, INT, HUP, QUIT, USR1 and USR2 are forwarded to the command's
-process group; klock releases the Lease only after the command has exited.
-If klock dies, the command gets KILL. As PID 1, klock reaps orphans.
+Signals: TERM, INT, HUP, QUIT, USR1 and USR2 are forwarded to every process
+of the command, including those it left running in the background and those
+that started a session of their own; a HUP or INT ignored when klock started
+(nohup, a background job) stays ignored. klock releases the Lease only once
+all of them have exited, so a background worker keeps the lock, as with
+flock(1). If klock dies, all of them get KILL. As PID 1, klock reaps orphans.
 
 Exit status:
   the command's own   the command ran; 128+N if signal N ended it
