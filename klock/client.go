@@ -3,6 +3,7 @@ package klock
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -51,6 +52,7 @@ func NewLeaseClient(config *rest.Config, namespace string) (LeaseClient, error) 
 	if c.UserAgent == "" {
 		c.UserAgent = rest.DefaultKubernetesUserAgent()
 	}
+	c.Wrap(recordResponseDate)
 	rc, err := rest.RESTClientFor(c)
 	if err != nil {
 		return nil, fmt.Errorf("cannot build an API client: %w", err)
@@ -109,3 +111,33 @@ func (c *leaseClient) Watch(ctx context.Context, opts metav1.ListOptions) (watch
 	}
 	return req.Watch(ctx)
 }
+
+// responseDateKey is the context key under which a caller asks for the Date
+// of the API server's response to its request.
+type responseDateKey struct{}
+
+// withResponseDate returns a context under which a request through
+// NewLeaseClient's client stores the Date header of its response in *date.
+// Other LeaseClients leave *date zero, and klock then judges expiry from
+// its own observations alone.
+func withResponseDate(ctx context.Context, date *time.Time) context.Context {
+	return context.WithValue(ctx, responseDateKey{}, date)
+}
+
+// recordResponseDate wraps the API client's transport so that the API
+// server's clock can be read off its answers, without a request of its own.
+func recordResponseDate(rt http.RoundTripper) http.RoundTripper {
+	return roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		resp, err := rt.RoundTrip(req)
+		if date, ok := req.Context().Value(responseDateKey{}).(*time.Time); ok && err == nil {
+			if t, perr := http.ParseTime(resp.Header.Get("Date")); perr == nil {
+				*date = t
+			}
+		}
+		return resp, err
+	})
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(req *http.Request) (*http.Response, error) { return f(req) }

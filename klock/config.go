@@ -10,6 +10,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/utils/clock"
 )
 
 const (
@@ -42,15 +43,20 @@ type Config struct {
 	// contender unless sharing is meant. Defaults to DefaultIdentity().
 	Identity string
 
-	// LeaseDuration is how long others wait after they last saw the record
-	// change before they take the Lease over (whole seconds, at least 1s).
+	// LeaseDuration is how long others wait after the record last changed
+	// before they take the Lease over (whole seconds, at least 1s).
+	// Default: 15s, or 1.5 times RenewDeadline rounded up to a whole second
+	// when only that is set and it is 10s or more.
 	LeaseDuration time.Duration
 	// RenewDeadline is how long a holder keeps trying to renew before it
 	// gives the Lease up as lost. It must be shorter than LeaseDuration, so
 	// that the loss is reported before anybody else can take the Lease.
+	// Default: two thirds of LeaseDuration (10s of 15s).
 	RenewDeadline time.Duration
 	// RetryPeriod is the interval between retries after an API error, and
-	// between reads of the Lease when it cannot be watched.
+	// between reads of the Lease when it cannot be watched. Default: a
+	// fifth of RenewDeadline (2s of 10s). The defaults keep client-go's
+	// proportions, 15 : 10 : 2, whichever of the three is set.
 	RetryPeriod time.Duration
 	// RenewInterval is the interval between renewals; defaults to
 	// RetryPeriod, as in client-go. It must be below RenewDeadline, so that
@@ -71,6 +77,12 @@ type Config struct {
 
 	// Logger receives debug messages; discarded when unset.
 	Logger logr.Logger
+
+	// Clock gives the times klock writes into the Lease; the real clock
+	// when unset. Expiry is never judged by comparing them with another
+	// machine's clock, so contenders whose clocks disagree still exclude
+	// each other; tests set a skewed clock to prove it.
+	Clock clock.PassiveClock
 }
 
 // DefaultIdentity returns an identity unique to this process: the host name
@@ -102,20 +114,15 @@ func (c Config) complete() (Config, error) {
 	if c.Identity == "" {
 		c.Identity = DefaultIdentity()
 	}
-	if c.LeaseDuration == 0 {
-		c.LeaseDuration = DefaultLeaseDuration
-	}
-	if c.RenewDeadline == 0 {
-		c.RenewDeadline = DefaultRenewDeadline
-	}
-	if c.RetryPeriod == 0 {
-		c.RetryPeriod = DefaultRetryPeriod
-	}
+	c.LeaseDuration, c.RenewDeadline, c.RetryPeriod = completeTimings(c.LeaseDuration, c.RenewDeadline, c.RetryPeriod)
 	if c.RenewInterval == 0 {
 		c.RenewInterval = c.RetryPeriod
 	}
 	if c.Logger.GetSink() == nil {
 		c.Logger = logr.Discard()
+	}
+	if c.Clock == nil {
+		c.Clock = clock.RealClock{}
 	}
 
 	if c.Name == "" {
@@ -151,4 +158,30 @@ func (c Config) complete() (Config, error) {
 		}
 	}
 	return c, nil
+}
+
+// completeTimings fills in the timings left zero from those given, in
+// client-go's proportions (lease duration 15 : renew deadline 10 : retry
+// period 2), so that setting one alone, such as a 3s lease, makes a
+// consistent set. Timings given explicitly are kept as they are, and
+// complete rejects them if they contradict each other.
+func completeTimings(lease, renew, retry time.Duration) (time.Duration, time.Duration, time.Duration) {
+	if renew == 0 {
+		switch {
+		case lease != 0:
+			renew = lease * 2 / 3
+		case retry != 0:
+			renew = max(DefaultRenewDeadline, retry*5)
+		default:
+			renew = DefaultRenewDeadline
+		}
+	}
+	if lease == 0 {
+		// Whole seconds, as the Lease stores them.
+		lease = max(DefaultLeaseDuration, (renew*3/2 + time.Second - 1).Truncate(time.Second))
+	}
+	if retry == 0 {
+		retry = renew / 5
+	}
+	return lease, renew, retry
 }

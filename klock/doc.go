@@ -15,7 +15,13 @@
 // exclude each other. Expiry is judged the way client-go judges it: from the
 // local time at which this process last saw the record change, plus the
 // record's duration, never by comparing another machine's renewTime with the
-// local clock. Every write is conditional on the resourceVersion last read.
+// local clock. That time is moved back by how long the record had already
+// stood when it was read, measured on the API server's clock alone (its
+// managedFields stamp of the last write against the Date of its answer), so
+// that a contender that has just started recognises a Lease abandoned long
+// ago. Every write is conditional on the resourceVersion last read, and an
+// acquisition or renewal whose answer was lost is recognised as this
+// process's own when it is read back.
 //
 // Each acquisition yields a fencing token: the resourceVersion of the write
 // that took the Lease. Resource versions of one resource are comparable

@@ -21,12 +21,15 @@ type Hold struct {
 	token     uint64
 	reentrant bool
 
-	mu        sync.Mutex
-	lease     *coordinationv1.Lease // as last written by this Hold
-	attempted *metav1.MicroTime     // renewTime of this Hold's last write, answered or not
-	// shared is set once another process under the same identity is seen
-	// writing the Lease: then Release leaves it to that process.
-	shared bool
+	mu    sync.Mutex
+	lease *coordinationv1.Lease // as last written by this Hold
+	// unanswered holds the renewTimes of this Hold's renewals since the
+	// last answered one: any of them may have committed.
+	unanswered writes
+	// peerSeen is when another process under the same identity was last
+	// seen holding the Lease (zero: never). Release leaves the Lease to it
+	// while it may still be there.
+	peerSeen time.Time
 
 	lost   chan struct{}
 	err    error // why the Lease was lost; set before lost is closed
@@ -37,10 +40,13 @@ type Hold struct {
 	releaseErr  error
 }
 
-func newHold(l *Lock, lease *coordinationv1.Lease, token uint64, reentrant bool, sent time.Time) *Hold {
+// newHold starts renewing lease, whose acquisition was sent at sent. joined
+// is when the process under the same identity that already held the Lease
+// last wrote it, zero if there was none.
+func newHold(l *Lock, lease *coordinationv1.Lease, sent, joined time.Time) *Hold {
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &Hold{
-		lock: l, token: token, reentrant: reentrant, lease: lease,
+		lock: l, lease: lease, reentrant: !joined.IsZero(), peerSeen: joined,
 		lost: make(chan struct{}), cancel: cancel, done: make(chan struct{}),
 	}
 	l.active.Store(h)
@@ -56,8 +62,7 @@ func newHold(l *Lock, lease *coordinationv1.Lease, token uint64, reentrant bool,
 func (h *Hold) Token() uint64 { return h.token }
 
 // Reentrant reports whether the Lease was already held under the same
-// identity when this Hold took it. Release then leaves the Lease to that
-// other holder instead of giving it up.
+// identity, by another process, when this Hold took it.
 func (h *Hold) Reentrant() bool { return h.reentrant }
 
 // Lost is closed when the Lease could not be renewed before the renew
@@ -79,19 +84,28 @@ func (h *Hold) Err() error {
 // Release stops renewing and gives the Lease back at once, clearing its
 // holder (or deleting it with Config.DeleteOnRelease) so that the next
 // waiter need not wait for it to expire. It writes nothing if the Lease was
-// lost, was acquired re-entrantly, or has been taken by somebody else.
-// Calling it again returns the first result.
+// lost or has been taken by somebody else, and leaves the Lease to another
+// process under the same identity that wrote it within the last lease
+// duration (which then releases it, or lets it expire). Calling it again
+// returns the first result.
 func (h *Hold) Release(ctx context.Context) error {
 	h.releaseOnce.Do(func() {
 		h.cancel()
 		<-h.done
 		defer h.lock.active.CompareAndSwap(h, nil)
-		if h.Err() != nil || h.reentrant {
+		if h.Err() != nil {
 			return
 		}
 		h.releaseErr = h.giveBack(ctx)
 	})
 	return h.releaseErr
+}
+
+// sharing reports whether another process under the same identity may
+// still hold the Lease: it wrote within the last lease duration, and
+// renews more often than that while it lives. Callers hold h.mu.
+func (h *Hold) sharing() bool {
+	return !h.peerSeen.IsZero() && h.lock.cfg.Clock.Since(h.peerSeen) < h.lock.cfg.LeaseDuration
 }
 
 func (h *Hold) renewLoop(ctx context.Context, lastRenew time.Time) {
@@ -101,7 +115,7 @@ func (h *Hold) renewLoop(ctx context.Context, lastRenew time.Time) {
 	// Renewals are due RenewInterval after the last successful one was
 	// sent, however long its answer took, so that the next one always
 	// starts before the renew deadline.
-	timer := time.NewTimer(time.Until(lastRenew.Add(cfg.RenewInterval)))
+	timer := time.NewTimer(lastRenew.Add(cfg.RenewInterval).Sub(cfg.Clock.Now()))
 	defer timer.Stop()
 	for {
 		select {
@@ -115,7 +129,7 @@ func (h *Hold) renewLoop(ctx context.Context, lastRenew time.Time) {
 		deadline := lastRenew.Add(cfg.RenewDeadline)
 		var lastErr error
 		for {
-			now := time.Now()
+			now := cfg.Clock.Now()
 			if !now.Before(deadline) {
 				h.fail(fmt.Errorf("%w: could not renew lease %s/%s within the renew deadline %s: %v", ErrLost, cfg.Namespace, cfg.Name, cfg.RenewDeadline, lastErr))
 				return
@@ -138,7 +152,7 @@ func (h *Hold) renewLoop(ctx context.Context, lastRenew time.Time) {
 			}
 			lastErr = err
 			log.V(1).Info("Renewing the lease failed; retrying", "err", err.Error(), "deadline", deadline.Format(time.RFC3339Nano))
-			pause := time.NewTimer(min(cfg.RetryPeriod/4, time.Until(deadline)))
+			pause := time.NewTimer(min(cfg.RetryPeriod/4, deadline.Sub(cfg.Clock.Now())))
 			select {
 			case <-ctx.Done():
 				pause.Stop()
@@ -146,7 +160,7 @@ func (h *Hold) renewLoop(ctx context.Context, lastRenew time.Time) {
 			case <-pause.C:
 			}
 		}
-		timer.Reset(time.Until(lastRenew.Add(cfg.RenewInterval)))
+		timer.Reset(lastRenew.Add(cfg.RenewInterval).Sub(cfg.Clock.Now()))
 	}
 }
 
@@ -156,22 +170,32 @@ func (h *Hold) fail(err error) {
 	close(h.lost)
 }
 
-// renew writes a new renewTime, conditionally on the resourceVersion last
-// written. After a conflict it re-reads: if this identity still holds the
-// Lease, it tries again; otherwise the Lease is lost.
+// renew writes this holder's record with a new renewTime, conditionally on
+// the resourceVersion last written. The whole record is written, as
+// client-go's leader election does: a duration shortened by somebody else
+// would let others take the Lease while this holder still trusts it. After
+// a conflict it re-reads: if this identity still holds the Lease, it tries
+// again; otherwise the Lease is lost.
 func (h *Hold) renew(ctx context.Context, now time.Time) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	cfg := &h.lock.cfg
 	cur := h.lease
 	for {
 		next := cur.DeepCopy()
-		ts := metav1.NewMicroTime(now)
+		ts := microTime(now)
+		next.Spec.HolderIdentity = &cfg.Identity
+		next.Spec.LeaseDurationSeconds = ptr(int32(cfg.LeaseDuration / time.Second))
 		next.Spec.RenewTime = &ts
-		h.attempted = &ts
+		h.unanswered.add(&ts)
 		written, err := h.lock.leases.Update(ctx, next, metav1.UpdateOptions{})
 		if err == nil {
 			h.lease = written
+			h.unanswered.clear()
 			return nil
+		}
+		if refused(err) {
+			h.unanswered.remove(&ts)
 		}
 		if !apierrors.IsConflict(err) && !apierrors.IsNotFound(err) {
 			return err
@@ -179,14 +203,14 @@ func (h *Hold) renew(ctx context.Context, now time.Time) error {
 		if cur, err = h.stillOurs(ctx); err != nil {
 			return err
 		}
-		h.lock.log.V(1).Info("Lease changed under the same identity; renewing again", "shared", h.shared)
+		h.lock.log.V(1).Info("Lease changed under the same identity; renewing again", "sharing", h.sharing())
 	}
 }
 
 // stillOurs re-reads the Lease after a conflict and returns it if this
 // identity still holds it, and an error matching ErrLost if not. A renewTime
-// this Hold did not write means another process shares the identity.
-// Callers hold h.mu.
+// this Hold did not write means another process shares the identity; one
+// it wrote but got no answer for is its own. Callers hold h.mu.
 func (h *Hold) stillOurs(ctx context.Context) (*coordinationv1.Lease, error) {
 	cfg := &h.lock.cfg
 	cur, err := h.lock.leases.Get(ctx, cfg.Name, metav1.GetOptions{})
@@ -199,16 +223,27 @@ func (h *Hold) stillOurs(ctx context.Context) (*coordinationv1.Lease, error) {
 	if holder := recordOf(cur).holder; holder != cfg.Identity {
 		return nil, fmt.Errorf("%w: lease %s/%s is now held by %q", ErrLost, cfg.Namespace, cfg.Name, holder)
 	}
-	if !sameTime(cur.Spec.RenewTime, h.attempted) && !sameTime(cur.Spec.RenewTime, h.lease.Spec.RenewTime) {
-		h.shared = true
+	rt := cur.Spec.RenewTime
+	if !h.unanswered.has(rt) && !(rt != nil && h.lease.Spec.RenewTime != nil && rt.Equal(h.lease.Spec.RenewTime)) {
+		h.peerSeen = cfg.Clock.Now()
 	}
 	return cur, nil
 }
 
-// giveBack clears the holder the way client-go's leader election releases
-// (holder empty, duration 1s, transitions kept), or deletes the Lease,
-// conditionally on what this Hold last wrote. A Lease shared with another
-// process under the same identity is left to that process.
+// releasedLease is lease given back the way client-go's leader election
+// releases: holder empty, duration 1s, transitions kept.
+func releasedLease(lease *coordinationv1.Lease, now time.Time) *coordinationv1.Lease {
+	next := lease.DeepCopy()
+	ts := microTime(now)
+	next.Spec.HolderIdentity = ptr("")
+	next.Spec.LeaseDurationSeconds = ptr(int32(1))
+	next.Spec.AcquireTime, next.Spec.RenewTime = &ts, &ts
+	return next
+}
+
+// giveBack clears the holder (releasedLease), or deletes the Lease,
+// conditionally on what this Hold last wrote. A Lease that another process
+// under the same identity may still hold is left to that process.
 func (h *Hold) giveBack(ctx context.Context) error {
 	cfg := &h.lock.cfg
 	verb := "release"
@@ -217,7 +252,7 @@ func (h *Hold) giveBack(ctx context.Context) error {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for !h.shared {
+	for !h.sharing() {
 		cur := h.lease
 		var err error
 		if cfg.DeleteOnRelease {
@@ -226,12 +261,7 @@ func (h *Hold) giveBack(ctx context.Context) error {
 				Preconditions: &metav1.Preconditions{UID: (*types.UID)(&uid), ResourceVersion: &rv},
 			})
 		} else {
-			next := cur.DeepCopy()
-			ts := metav1.NewMicroTime(time.Now())
-			next.Spec.HolderIdentity = ptr("")
-			next.Spec.LeaseDurationSeconds = ptr(int32(1))
-			next.Spec.AcquireTime, next.Spec.RenewTime = &ts, &ts
-			_, err = h.lock.leases.Update(ctx, next, metav1.UpdateOptions{})
+			_, err = h.lock.leases.Update(ctx, releasedLease(cur, cfg.Clock.Now()), metav1.UpdateOptions{})
 		}
 		switch {
 		case err == nil:
@@ -242,17 +272,18 @@ func (h *Hold) giveBack(ctx context.Context) error {
 		case !apierrors.IsConflict(err):
 			return describe(err, cfg, verb)
 		}
-		// If nobody shares the identity, only a write of this Hold's whose
-		// answer was lost explains a conflict with a Lease still ours.
+		// A conflict with a Lease still ours comes from a renewal of this
+		// Hold's whose answer was lost, or from a process sharing the
+		// identity; stillOurs tells which.
 		lease, err := h.stillOurs(ctx)
 		if errors.Is(err, ErrLost) {
-			return nil // somebody else holds it now: nothing to give back
+			return nil // released already, or somebody else's now
 		}
 		if err != nil {
 			return describe(err, cfg, verb)
 		}
 		h.lease = lease
 	}
-	h.lock.log.V(1).Info("Leaving the lease to the other holder under the same identity")
+	h.lock.log.V(1).Info("Leaving the lease to the other process under the same identity")
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -29,10 +30,14 @@ type Lock struct {
 	leases LeaseClient
 	log    logr.Logger
 
-	mu        sync.Mutex // serializes acquisitions; guards obs and lastWrite
-	obs       observation
-	lastWrite *metav1.MicroTime // renewTime of this Lock's last acquisition write
-	active    atomic.Pointer[Hold]
+	mu  sync.Mutex // serializes acquisitions; guards obs and unanswered
+	obs observation
+	// unanswered holds the renewTimes (Unix microseconds) of this Lock's
+	// acquisition writes whose answer never came: each may have committed.
+	// A Lease that names this identity with one of them is this Lock's own
+	// acquisition, not another process's under the same identity.
+	unanswered writes
+	active     atomic.Pointer[Hold]
 }
 
 // New returns a Lock for the Lease cfg names. leases must be the Leases of
@@ -65,14 +70,22 @@ func (l *Lock) TryAcquire(ctx context.Context) (*Hold, error) {
 	if err := l.checkIdle(); err != nil {
 		return nil, err
 	}
+	h, err := l.tryAcquire(ctx)
+	if err != nil {
+		l.abandon()
+	}
+	return h, err
+}
+
+func (l *Lock) tryAcquire(ctx context.Context) (*Hold, error) {
 	// A conflict means another contender wrote between our read and our
 	// write: read again and decide anew, a bounded number of times.
 	for range 3 {
-		lease, err := l.get(ctx)
+		lease, age, err := l.get(ctx)
 		if err != nil {
 			return nil, err
 		}
-		h, err := l.attempt(ctx, lease)
+		h, err := l.attempt(ctx, lease, age)
 		if !errors.Is(err, errConflict) {
 			return h, err
 		}
@@ -93,14 +106,25 @@ func (l *Lock) Acquire(ctx context.Context) (*Hold, error) {
 	if err := l.checkIdle(); err != nil {
 		return nil, err
 	}
+	h, err := l.acquire(ctx)
+	if err != nil {
+		l.abandon()
+	}
+	return h, err
+}
 
+func (l *Lock) acquire(ctx context.Context) (*Hold, error) {
 	w := &leaseWatch{leases: l.leases, name: l.cfg.Name}
 	defer w.reset()
 	var (
 		lease   *coordinationv1.Lease
-		current bool       // lease is the latest state known, fit to act on
-		held    *HeldError // the last time the Lease was found held
-		lastErr error      // the last other failure
+		age     time.Duration // how old lease was by the server's clock when read
+		current bool          // lease is the latest state known, fit to act on
+		// held is set while the last verdict is "held by somebody else",
+		// and cleared by any later failure, so that giving up after the
+		// API server became unreachable is not reported as a conflict.
+		held    *HeldError
+		lastErr error // the last other failure
 		// Until the API server has answered once, failing for a renew
 		// deadline is taken as a wrong address or credentials, not a blip.
 		answered  bool
@@ -114,23 +138,24 @@ func (l *Lock) Acquire(ctx context.Context) (*Hold, error) {
 	for {
 		if !current {
 			var err error
-			if lease, err = l.get(ctx); err != nil {
+			if lease, age, err = l.get(ctx); err != nil {
 				if permanent(err) || !answered && time.Since(unreached) >= l.cfg.RenewDeadline {
 					return nil, err
 				}
-				lastErr = err
+				lastErr, held = err, nil
 			} else {
 				answered, current = true, true
 			}
 		}
 		wait := l.cfg.RetryPeriod // pause before trying again after a failure
 		if current {
-			h, err := l.attempt(ctx, lease)
+			h, err := l.attempt(ctx, lease, age)
+			age = 0 // it dated that read only; later verdicts use local time
 			switch {
 			case err == nil:
 				return h, nil
 			case errors.As(err, &held):
-				lastErr, wait = nil, time.Until(l.obs.expiry())
+				lastErr, wait = nil, l.obs.expiry().Sub(l.cfg.Clock.Now())
 				l.log.V(1).Info("Lease is held; waiting", "holder", l.obs.record.holder, "expires", l.obs.expiry().Format(time.RFC3339Nano))
 			case errors.Is(err, errConflict):
 				current = false // somebody else won this round: see who
@@ -138,7 +163,7 @@ func (l *Lock) Acquire(ctx context.Context) (*Hold, error) {
 			case permanent(err):
 				return nil, err
 			default:
-				lastErr, current = err, false
+				lastErr, current, held = err, false, nil
 			}
 		}
 		if current && lease != nil {
@@ -230,18 +255,20 @@ func (l *Lock) checkIdle() error {
 	return nil
 }
 
-// get reads the Lease; a missing Lease is (nil, nil).
-func (l *Lock) get(ctx context.Context) (*coordinationv1.Lease, error) {
+// get reads the Lease; a missing Lease is (nil, 0, nil). age is how long
+// the Lease had stood unwritten by the API server's clock (see serverAge).
+func (l *Lock) get(ctx context.Context) (*coordinationv1.Lease, time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, l.cfg.RenewDeadline)
 	defer cancel()
-	lease, err := l.leases.Get(ctx, l.cfg.Name, metav1.GetOptions{})
+	var date time.Time
+	lease, err := l.leases.Get(withResponseDate(ctx, &date), l.cfg.Name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		return nil, nil
+		return nil, 0, nil
 	}
 	if err != nil {
-		return nil, describe(err, &l.cfg, "get")
+		return nil, 0, describe(err, &l.cfg, "get")
 	}
-	return lease, nil
+	return lease, serverAge(lease, date), nil
 }
 
 func (l *Lock) heldError() *HeldError {
@@ -253,9 +280,9 @@ func (l *Lock) heldError() *HeldError {
 
 // attempt decides from lease (nil: missing) and, when the Lease may be taken,
 // writes the acquisition conditionally on lease's resourceVersion.
-func (l *Lock) attempt(ctx context.Context, lease *coordinationv1.Lease) (*Hold, error) {
-	now := time.Now()
-	l.obs.observe(lease, now)
+func (l *Lock) attempt(ctx context.Context, lease *coordinationv1.Lease, age time.Duration) (*Hold, error) {
+	now := l.cfg.Clock.Now()
+	l.obs.observe(lease, now, age)
 	st := l.obs.state(l.cfg.Identity, now)
 	switch {
 	case st == stateHeld:
@@ -264,15 +291,25 @@ func (l *Lock) attempt(ctx context.Context, lease *coordinationv1.Lease) (*Hold,
 		return nil, fmt.Errorf("lease %s/%s does not exist and creating it is disabled: create it first", l.cfg.Namespace, l.cfg.Name)
 	}
 
-	// An acquisition that commits but whose answer is lost looks, when read
-	// back, like our identity holding the Lease: tell it from a re-entrant
-	// acquisition by the renewTime this Lock wrote.
-	reentrant := st == stateOurs && !sameTime(lease.Spec.RenewTime, l.lastWrite)
-	desired := l.acquisition(lease, st, now)
-	l.lastWrite = desired.Spec.RenewTime
-	// Bounded by the renew deadline, which the Hold counts from now.
-	wctx, cancel := context.WithTimeout(ctx, l.cfg.RenewDeadline)
+	// A Lease under our identity is either an acquisition of this Lock's
+	// whose answer was lost, or another process's under the same identity,
+	// which we join (re-entrant).
+	own := st == stateOurs && l.unanswered.has(lease.Spec.RenewTime)
+	reentrant := st == stateOurs && !own
+	if reentrant && l.obs.record.duration != l.cfg.LeaseDuration {
+		// Both would renew the Lease with their own duration, and the
+		// shorter one would let others in while the longer one's holder
+		// still trusts it.
+		return nil, permanentError{fmt.Errorf("lease %s/%s is held under the same identity %q with a lease duration of %s, and this contender's is %s: give both the same lease duration, or each its own identity",
+			l.cfg.Namespace, l.cfg.Name, l.cfg.Identity, l.obs.record.duration, l.cfg.LeaseDuration)}
+	}
+	desired := l.acquisition(lease, st, own, now)
+	// The write is not cancelled with ctx: cut off in flight, it might
+	// commit with nobody to renew or release it. It is bounded by the
+	// renew deadline, which the Hold counts from now.
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.cfg.RenewDeadline)
 	defer cancel()
+	l.unanswered.add(desired.Spec.RenewTime)
 	var (
 		written *coordinationv1.Lease
 		err     error
@@ -284,6 +321,9 @@ func (l *Lock) attempt(ctx context.Context, lease *coordinationv1.Lease) (*Hold,
 	} else {
 		written, err = l.leases.Update(wctx, desired, metav1.UpdateOptions{})
 	}
+	if err == nil || refused(err) {
+		l.unanswered.remove(desired.Spec.RenewTime)
+	}
 	switch {
 	case apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) || apierrors.IsNotFound(err) && verb == "update":
 		// Changed or deleted since it was read.
@@ -291,8 +331,17 @@ func (l *Lock) attempt(ctx context.Context, lease *coordinationv1.Lease) (*Hold,
 	case err != nil:
 		return nil, describe(err, &l.cfg, verb)
 	}
-	l.obs.observe(written, now)
-	h := newHold(l, written, 0, reentrant, now)
+	// Written: whatever earlier writes did, this one is the Lease now.
+	l.unanswered.clear()
+	// When the process we join last wrote, as far as we can tell: a
+	// restarted process joining its own dead predecessor's hold need not
+	// leave the Lease to it for a whole lease duration.
+	peerWrote := l.obs.seen
+	l.obs.observe(written, now, 0)
+	if !reentrant {
+		peerWrote = time.Time{}
+	}
+	h := newHold(l, written, now, peerWrote)
 	token, err := strconv.ParseUint(written.ResourceVersion, 10, 64)
 	if err != nil {
 		// Kubernetes 1.35 and later promise integer resource versions.
@@ -300,13 +349,67 @@ func (l *Lock) attempt(ctx context.Context, lease *coordinationv1.Lease) (*Hold,
 		return nil, errors.Join(err, h.Release(ctx))
 	}
 	h.token = token
-	l.log.V(1).Info("Acquired lease", "token", token, "reentrant", reentrant)
+	l.log.V(1).Info("Acquired lease", "token", token, "reentrant", reentrant, "recovered", own)
 	return h, nil
 }
 
-func sameTime(a, b *metav1.MicroTime) bool {
-	return a != nil && b != nil && a.Equal(b)
+// abandon gives back an acquisition of this Lock's that may have committed
+// although its answer never came, before an acquisition returns without a
+// Hold: nobody would renew or release it, and every waiter would wait for
+// it to expire. Best effort, bounded by the renew deadline.
+func (l *Lock) abandon() {
+	if l.unanswered.empty() {
+		return
+	}
+	defer l.unanswered.clear()
+	ctx, cancel := context.WithTimeout(context.Background(), l.cfg.RenewDeadline)
+	defer cancel()
+	lease, _, err := l.get(ctx)
+	if err != nil || lease == nil || recordOf(lease).holder != l.cfg.Identity || !l.unanswered.has(lease.Spec.RenewTime) {
+		return
+	}
+	released := releasedLease(lease, l.cfg.Clock.Now())
+	if _, err := l.leases.Update(ctx, released, metav1.UpdateOptions{}); err != nil {
+		l.log.V(1).Info("Could not give back an acquisition whose answer was lost", "err", err.Error())
+		return
+	}
+	l.log.V(1).Info("Gave back an acquisition whose answer was lost")
 }
+
+// refused reports an error after which the write certainly did not commit:
+// the API server answered with a client error. Anything else (a timeout, a
+// broken connection, a 5xx) may come after the write committed.
+func refused(err error) bool {
+	var status apierrors.APIStatus
+	if !errors.As(err, &status) {
+		return false
+	}
+	code := status.Status().Code
+	return code >= 400 && code < 500 && code != http.StatusRequestTimeout
+}
+
+// writes is a set of renewTimes, as the API server stores them (Unix
+// microseconds), of writes whose answer has not come back.
+type writes map[int64]struct{}
+
+func (w *writes) add(t *metav1.MicroTime) {
+	if *w == nil {
+		*w = writes{}
+	}
+	(*w)[t.UnixMicro()] = struct{}{}
+}
+
+func (w writes) has(t *metav1.MicroTime) bool {
+	if t == nil {
+		return false
+	}
+	_, ok := w[t.UnixMicro()]
+	return ok
+}
+
+func (w writes) remove(t *metav1.MicroTime) { delete(w, t.UnixMicro()) }
+func (w writes) clear()                     { clear(w) }
+func (w writes) empty() bool                { return len(w) == 0 }
 
 // sleep waits for d or until ctx ends.
 func sleep(ctx context.Context, d time.Duration) {
@@ -319,8 +422,10 @@ func sleep(ctx context.Context, d time.Duration) {
 }
 
 // acquisition is the Lease as this identity takes it: the record client-go's
-// leader election writes, so that both kinds of contender agree on it.
-func (l *Lock) acquisition(lease *coordinationv1.Lease, st state, now time.Time) *coordinationv1.Lease {
+// leader election writes, so that both kinds of contender agree on it. own
+// says the Lease already records an acquisition of this Lock's whose
+// answer was lost: it is renewed, not counted as a new transition.
+func (l *Lock) acquisition(lease *coordinationv1.Lease, st state, own bool, now time.Time) *coordinationv1.Lease {
 	var next *coordinationv1.Lease
 	if lease == nil {
 		next = &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{
@@ -338,19 +443,27 @@ func (l *Lock) acquisition(lease *coordinationv1.Lease, st state, now time.Time)
 	}
 
 	s := &next.Spec
-	ts := metav1.NewMicroTime(now)
+	ts := microTime(now)
 	s.HolderIdentity = &l.cfg.Identity
 	s.LeaseDurationSeconds = ptr(int32(l.cfg.LeaseDuration / time.Second))
 	s.RenewTime = &ts
 	switch {
 	case st == stateOurs && s.AcquireTime != nil:
-		// Re-entrant: the acquisition and transition count stay.
+		// Re-entrant, or our own acquisition already: the acquisition and
+		// the transition count stay.
 	case lease == nil:
 		s.AcquireTime, s.LeaseTransitions = &ts, ptr(int32(0))
 	default:
 		s.AcquireTime, s.LeaseTransitions = &ts, ptr(l.obs.record.transitions+1)
 	}
 	return next
+}
+
+// microTime is t as the API server stores a MicroTime: to the microsecond.
+// A time written at finer precision would never compare equal with what
+// the server returns, and "is this my own write?" would always say no.
+func microTime(t time.Time) metav1.MicroTime {
+	return metav1.NewMicroTime(t.Truncate(time.Microsecond))
 }
 
 func ptr[T any](v T) *T { return &v }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/watch"
+	clocktesting "k8s.io/utils/clock/testing"
 )
 
 // memLeases is an in-memory LeaseClient for unit tests of decisions the
@@ -39,7 +41,17 @@ func (m *memLeases) Get(_ context.Context, name string, _ metav1.GetOptions) (*c
 
 func (m *memLeases) write(l *coordinationv1.Lease) (*coordinationv1.Lease, error) {
 	m.rv++
-	m.lease = l.DeepCopy()
+	// Through protobuf, as on the wire: times keep what the API server
+	// keeps (MicroTime microseconds), so that "is this my own write?" is
+	// tested as the server answers it.
+	data, err := l.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	m.lease = &coordinationv1.Lease{}
+	if err := m.lease.Unmarshal(data); err != nil {
+		return nil, err
+	}
 	m.lease.ResourceVersion = strconv.Itoa(m.rv)
 	if m.loseAnswer {
 		m.loseAnswer = false
@@ -96,11 +108,9 @@ func TestLostAnswerIsNoReentrantAcquisition(t *testing.T) {
 	ctx := context.Background()
 	leases := &memLeases{loseAnswer: true}
 	l := testLock(t, leases, "me")
-	if _, err := l.TryAcquire(ctx); err == nil {
-		t.Fatal("the lost answer was not reported")
-	}
-	// The create committed: the Lease names us, and we try again.
-	h, err := l.TryAcquire(ctx)
+	// The create commits, its answer is lost, and Acquire reads the Lease
+	// again: the Lease names us with the renewTime it sent.
+	h, err := l.Acquire(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,6 +122,122 @@ func TestLostAnswerIsNoReentrantAcquisition(t *testing.T) {
 	}
 	if got := leases.holder(); got != "" {
 		t.Errorf("holder after release = %q, want released", got)
+	}
+}
+
+func TestGivingUpGivesBackAnAcquisitionWhoseAnswerWasLost(t *testing.T) {
+	ctx := context.Background()
+	leases := &memLeases{loseAnswer: true}
+	if _, err := testLock(t, leases, "me").TryAcquire(ctx); err == nil {
+		t.Fatal("the lost answer was not reported")
+	}
+	// Nobody got a Hold: nobody would renew or release the Lease.
+	if got := leases.holder(); got != "" {
+		t.Errorf("holder after a failed acquisition = %q, want given back", got)
+	}
+}
+
+func TestLostRenewalAnswerIsNoSharer(t *testing.T) {
+	ctx := context.Background()
+	leases := &memLeases{}
+	l := testLock(t, leases, "me")
+	h, err := l.TryAcquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	leases.loseAnswer = true
+	if err := h.renew(ctx, now); err == nil {
+		t.Fatal("the lost answer was not reported")
+	}
+	// The next renewal conflicts with the first one, which committed.
+	if err := h.renew(ctx, now.Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := leases.holder(); got != "" {
+		t.Errorf("holder after release = %q: the lost renewal was taken for another holder's", got)
+	}
+}
+
+func TestRenewalWritesTheWholeRecord(t *testing.T) {
+	ctx := context.Background()
+	leases := &memLeases{}
+	h, err := testLock(t, leases, "me").TryAcquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Release(ctx)
+	// Somebody shortens the stored duration under the holder.
+	leases.mu.Lock()
+	edited := leases.lease.DeepCopy()
+	edited.Spec.LeaseDurationSeconds = new(int32(1))
+	leases.mu.Unlock()
+	if _, err := leases.Update(ctx, edited, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.renew(ctx, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	leases.mu.Lock()
+	got := *leases.lease.Spec.LeaseDurationSeconds
+	leases.mu.Unlock()
+	if got != 10 {
+		t.Errorf("leaseDurationSeconds after renewal = %d, want the holder's own 10", got)
+	}
+}
+
+func TestSameIdentityWithAnotherDurationIsRefused(t *testing.T) {
+	ctx := context.Background()
+	leases := &memLeases{}
+	first, err := testLock(t, leases, "me").TryAcquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Release(ctx)
+	other, err := New(leases, Config{Name: "x", Identity: "me", LeaseDuration: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = other.TryAcquire(ctx)
+	if err == nil || !strings.Contains(err.Error(), "lease duration of 10s, and this contender's is 3s") {
+		t.Errorf("joining with another lease duration: error %v, want one naming both durations", err)
+	}
+}
+
+func TestSharerGoneThenReleased(t *testing.T) {
+	ctx := context.Background()
+	leases := &memLeases{}
+	clock := clocktesting.NewFakePassiveClock(time.Now())
+	lock := func() *Lock {
+		l, err := New(leases, Config{Name: "x", Identity: "me", LeaseDuration: 10 * time.Second, RenewDeadline: 5 * time.Second, RetryPeriod: time.Second, Clock: clock})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	first, err := lock().TryAcquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock.SetTime(clock.Now().Add(time.Second))
+	second, err := lock().TryAcquire(ctx)
+	if err != nil || !second.Reentrant() {
+		t.Fatalf("second: %v, reentrant %v", err, second != nil && second.Reentrant())
+	}
+	if err := first.Release(ctx); err != nil || leases.holder() != "me" {
+		t.Fatalf("first left while the second still holds: holder %q, err %v", leases.holder(), err)
+	}
+	// The first is gone and writes no more; a lease duration later the
+	// second knows it holds the Lease alone, and gives it back.
+	clock.SetTime(clock.Now().Add(10 * time.Second))
+	if err := second.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := leases.holder(); got != "" {
+		t.Errorf("holder after the last sharer's release = %q, want released", got)
 	}
 }
 

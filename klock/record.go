@@ -39,26 +39,68 @@ func recordOf(l *coordinationv1.Lease) record {
 }
 
 // observation is what this process knows of the Lease: the object last read
-// (nil when it does not exist) and the local time at which its record was
-// first seen. Judging expiry from that local time, never from renewTime,
-// keeps the lock safe whatever the clock skew between machines.
+// (nil when it does not exist) and the local time from which its record
+// counts as unchanged. That time is when this process first saw the record,
+// moved back by how long the record had already been standing by the API
+// server's clock (see serverAge). Expiry is never judged from renewTime,
+// which another machine's clock wrote, so the lock stays safe whatever the
+// clock skew between contenders.
 type observation struct {
 	lease  *coordinationv1.Lease
 	record record
 	seen   time.Time
 }
 
-// observe folds a fresh read of the Lease into o.
-func (o *observation) observe(l *coordinationv1.Lease, now time.Time) {
+// observe folds a fresh read of the Lease into o. age is how long the Lease
+// had stood unwritten by the API server's clock when it was read, 0 when
+// unknown (a watch event, or a client that does not report the server's
+// date).
+func (o *observation) observe(l *coordinationv1.Lease, now time.Time, age time.Duration) {
 	if l == nil {
 		*o = observation{seen: now}
 		return
 	}
 	r := recordOf(l)
-	if o.lease == nil || r != o.record {
-		o.record, o.seen = r, now
+	since := now.Add(-age)
+	switch {
+	case o.lease == nil || r != o.record:
+		o.record, o.seen = r, since
+	case since.Before(o.seen):
+		// The same record, known now to be older than first thought.
+		o.seen = since
 	}
 	o.lease = l
+}
+
+// serverClockMargin covers the whole-second precision of the two server
+// timestamps serverAge subtracts (each may be up to a second below the
+// truth), plus a second for API server replicas whose clocks differ a little.
+const serverClockMargin = 2 * time.Second
+
+// serverAge is how long the Lease had stood unwritten when the API server
+// answered the read dated date, judged on the API server's clock alone: the
+// server stamps every write that changes a field in metadata.managedFields,
+// and dates every response. It errs short by serverClockMargin, and is 0
+// when either stamp is missing.
+//
+// This lets a process that has just started recognise a Lease abandoned
+// long ago, without comparing another machine's clock with its own: a
+// contender that waits less than a lease duration (klock -w 10s -E 0) would
+// otherwise never see an abandoned Lease expire.
+func serverAge(l *coordinationv1.Lease, date time.Time) time.Duration {
+	if l == nil || date.IsZero() {
+		return 0
+	}
+	var written time.Time
+	for _, mf := range l.ManagedFields {
+		if mf.Time != nil && mf.Time.After(written) {
+			written = mf.Time.Time
+		}
+	}
+	if written.IsZero() {
+		return 0
+	}
+	return max(date.Sub(written)-serverClockMargin, 0)
 }
 
 // state says what identity may do with the observed Lease at now.

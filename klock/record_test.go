@@ -53,7 +53,7 @@ func TestObservationState(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var o observation
 			for i, l := range tc.seen {
-				o.observe(l, tc.at[i])
+				o.observe(l, tc.at[i], 0)
 			}
 			if got := o.state("me", tc.now); got != tc.want {
 				t.Errorf("state = %d, want %d", got, tc.want)
@@ -66,7 +66,7 @@ func TestAcquisitionRecord(t *testing.T) {
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	l := &Lock{cfg: Config{Name: "n", Namespace: "ns", Identity: "me", LeaseDuration: 15 * time.Second, Labels: map[string]string{"team": "a"}}}
 
-	created := l.acquisition(nil, stateMissing, now)
+	created := l.acquisition(nil, stateMissing, false, now)
 	if got := created.Labels; got[ManagedByLabel] != ManagedByValue || got["team"] != "a" {
 		t.Errorf("labels on creation = %v", got)
 	}
@@ -77,8 +77,8 @@ func TestAcquisitionRecord(t *testing.T) {
 	prev := lease("other", 10, now.Add(-time.Minute))
 	prev.Spec.LeaseTransitions = new(int32(4))
 	prev.Spec.AcquireTime = new(metav1.NewMicroTime(now.Add(-time.Hour)))
-	l.obs.observe(prev, now.Add(-time.Minute))
-	taken := l.acquisition(prev, stateFree, now)
+	l.obs.observe(prev, now.Add(-time.Minute), 0)
+	taken := l.acquisition(prev, stateFree, false, now)
 	if *taken.Spec.LeaseTransitions != 5 || !taken.Spec.AcquireTime.Equal(new(metav1.NewMicroTime(now))) {
 		t.Errorf("taking over: transitions %d, acquireTime %v; want 5 and now", *taken.Spec.LeaseTransitions, taken.Spec.AcquireTime)
 	}
@@ -89,9 +89,69 @@ func TestAcquisitionRecord(t *testing.T) {
 	ours := lease("me", 15, now.Add(-time.Second))
 	ours.Spec.LeaseTransitions = new(int32(4))
 	ours.Spec.AcquireTime = new(metav1.NewMicroTime(now.Add(-time.Hour)))
-	l.obs.observe(ours, now)
-	again := l.acquisition(ours, stateOurs, now)
+	l.obs.observe(ours, now, 0)
+	again := l.acquisition(ours, stateOurs, false, now)
 	if *again.Spec.LeaseTransitions != 4 || !again.Spec.AcquireTime.Equal(ours.Spec.AcquireTime) {
 		t.Errorf("re-entrant: transitions %d, acquireTime %v; want both kept", *again.Spec.LeaseTransitions, again.Spec.AcquireTime)
+	}
+}
+
+func TestServerAge(t *testing.T) {
+	written := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	stamped := func(times ...time.Time) *coordinationv1.Lease {
+		l := lease("b", 15, written)
+		for _, at := range times {
+			l.ManagedFields = append(l.ManagedFields, metav1.ManagedFieldsEntry{Manager: "m", Time: &metav1.Time{Time: at}})
+		}
+		return l
+	}
+	for _, tc := range []struct {
+		name  string
+		lease *coordinationv1.Lease
+		date  time.Time
+		want  time.Duration
+	}{
+		{name: "no date: unknown", lease: stamped(written), want: 0},
+		{name: "no write stamp: unknown", lease: stamped(), date: written.Add(time.Hour), want: 0},
+		{name: "an hour old, less the margin", lease: stamped(written), date: written.Add(time.Hour), want: time.Hour - serverClockMargin},
+		{name: "the newest write counts", lease: stamped(written.Add(-time.Hour), written), date: written.Add(time.Minute), want: time.Minute - serverClockMargin},
+		{name: "within the margin: zero", lease: stamped(written), date: written.Add(time.Second), want: 0},
+		{name: "a date before the write: zero", lease: stamped(written), date: written.Add(-time.Minute), want: 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := serverAge(tc.lease, tc.date); got != tc.want {
+				t.Errorf("serverAge = %s, want %s", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestObservationWithServerAge(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	held := lease("b", 15, t0)
+
+	// First seen now, but 14s old by the API server's clock: it expires
+	// in a second, not in 15.
+	var o observation
+	o.observe(held, t0, 14*time.Second)
+	if got := o.state("me", t0.Add(500*time.Millisecond)); got != stateHeld {
+		t.Errorf("state half a second later = %d, want held", got)
+	}
+	if got := o.state("me", t0.Add(time.Second)); got != stateFree {
+		t.Errorf("state a second later = %d, want free (expired)", got)
+	}
+
+	// Seen again unchanged with a smaller age (a watch event, say): the
+	// earlier start stands.
+	o.observe(held, t0.Add(500*time.Millisecond), 0)
+	if got := o.expiry(); !got.Equal(t0.Add(time.Second)) {
+		t.Errorf("expiry after a later, undated sighting = %s, want %s", got, t0.Add(time.Second))
+	}
+
+	// A renewal restarts the count, whatever the age of the last one.
+	renewed := lease("b", 15, t0.Add(time.Second))
+	o.observe(renewed, t0.Add(2*time.Second), 0)
+	if got := o.state("me", t0.Add(16*time.Second)); got != stateHeld {
+		t.Errorf("state 14s after a renewal = %d, want held", got)
 	}
 }

@@ -26,8 +26,12 @@ const DefaultLease = "{kind}-{name}"
 // ClusterLockPolicySpec selects pods and says how klock wraps them. Each
 // option is a default: a pod's own klock.io/ annotation overrides it.
 //
-// +kubebuilder:validation:XValidation:rule="duration(has(self.renewDeadline) ? self.renewDeadline : '10s') < duration(has(self.leaseDuration) ? self.leaseDuration : '15s')",message="renewDeadline must be below leaseDuration (defaults: 10s and 15s), so that a holder notices the loss before the lease can expire"
-// +kubebuilder:validation:XValidation:rule="duration(has(self.retryPeriod) ? self.retryPeriod : '2s') < duration(has(self.renewDeadline) ? self.renewDeadline : '10s')",message="retryPeriod must be below renewDeadline (defaults: 2s and 10s), so that a holder tries to renew more than once"
+// The timings left out are derived from those given in client-go's
+// proportions (leaseDuration 15 : renewDeadline 10 : retryPeriod 2), as
+// klock derives them, so only timings given can contradict each other.
+//
+// +kubebuilder:validation:XValidation:rule="!has(self.renewDeadline) || !has(self.leaseDuration) || duration(self.renewDeadline) < duration(self.leaseDuration)",message="renewDeadline must be below leaseDuration, so that a holder notices the loss before the lease can expire"
+// +kubebuilder:validation:XValidation:rule="!has(self.retryPeriod) || (has(self.renewDeadline) ? duration(self.retryPeriod) < duration(self.renewDeadline) : (!has(self.leaseDuration) || duration(self.retryPeriod).getMilliseconds() * 3 < duration(self.leaseDuration).getMilliseconds() * 2))",message="retryPeriod must be below renewDeadline (given, or two thirds of leaseDuration), so that a holder tries to renew more than once"
 type ClusterLockPolicySpec struct {
 	// NamespaceSelector selects the namespaces whose pods the policy
 	// applies to. Empty selects every namespace the webhook serves.

@@ -229,3 +229,28 @@ func TestInstall(t *testing.T) {
 		t.Errorf("klock -l x -- install a: command %v, err %v", o.Command, err)
 	}
 }
+
+func TestLeaseTimingsGivenAloneAreCompleted(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string // "" for accepted
+	}{
+		{name: "a short lease alone", args: []string{"--lease-duration=3s"}},
+		{name: "a long renew deadline alone", args: []string{"--renew-deadline=30s"}},
+		{name: "a retry period alone", args: []string{"--retry-period=5s"}},
+		{name: "all three, consistent", args: []string{"--lease-duration=2s", "--renew-deadline=1500ms", "--retry-period=300ms"}},
+		{name: "a renew deadline over the lease duration, both given", args: []string{"--lease-duration=3s", "--renew-deadline=5s"}, want: "invalid renew deadline 5s: must be above 0 and below the lease duration 3s"},
+		{name: "a retry period over the derived renew deadline", args: []string{"--lease-duration=3s", "--retry-period=2s"}, want: "invalid retry period 2s: must be above 0 and below the renew deadline 2s"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := CheckArgs(tc.args)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Errorf("refused: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Errorf("error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}

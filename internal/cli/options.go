@@ -66,12 +66,11 @@ type Options struct {
 
 // NewOptions returns the defaults.
 func NewOptions() *Options {
+	// The lease timings stay zero unless given: the klock package derives
+	// the missing ones from those given.
 	return &Options{
 		Lease:            "klock",
 		ConflictExitCode: 1,
-		LeaseDuration:    klock.DefaultLeaseDuration,
-		RenewDeadline:    klock.DefaultRenewDeadline,
-		RetryPeriod:      klock.DefaultRetryPeriod,
 		Signal:           syscall.SIGTERM,
 	}
 }
@@ -91,9 +90,9 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.NonBlock, "nonblock", o.NonBlock, "Give up at once if the lock is held (exit with --conflict-exit-code).")
 	fs.Uint8VarP(&o.ConflictExitCode, "conflict-exit-code", "E", o.ConflictExitCode, "Exit status when the lock was not acquired (--wait elapsed, or --nonblock).")
 
-	fs.Var(durationValue{&o.LeaseDuration}, "lease-duration", "How long others wait for a silent holder before they take the lock over (whole seconds).")
-	fs.Var(durationValue{&o.RenewDeadline}, "renew-deadline", "How long the holder keeps trying to renew before it gives the lock up as lost and stops the command.")
-	fs.Var(durationValue{&o.RetryPeriod}, "retry-period", "Interval between renewals, and between retries after API errors.")
+	fs.Var(durationValue{&o.LeaseDuration}, "lease-duration", "How long others wait for a silent holder before they take the lock over (whole seconds).\nDefault 15s; 1.5 times --renew-deadline, rounded up, when only that is given and is over 10s.")
+	fs.Var(durationValue{&o.RenewDeadline}, "renew-deadline", "How long the holder keeps trying to renew before it gives the lock up as lost and stops the command.\nDefault two thirds of --lease-duration (10s).")
+	fs.Var(durationValue{&o.RetryPeriod}, "retry-period", "Interval between renewals, and between retries after API errors.\nDefault a fifth of --renew-deadline (2s). Timings not given keep client-go's\nproportions 15 : 10 : 2 with those given, so --lease-duration 3s alone works.")
 	fs.BoolVarP(&o.Cleanup, "cleanup-lease", "u", o.Cleanup, "Delete the Lease when done, instead of only releasing it.")
 	fs.BoolVar(&o.Cleanup, "unlock", o.Cleanup, "Same as --cleanup-lease.")
 

@@ -25,7 +25,7 @@ func Run(ctx context.Context, o *Options, s Streams) error {
 	// Catch signals from the start: one that arrives while klock waits ends
 	// the wait; once the command runs, they are forwarded to it.
 	sigs := make(chan os.Signal, 8)
-	signal.Notify(sigs, process.Forwarded...)
+	process.Notify(sigs, process.Forwarded...)
 	defer signal.Stop(sigs)
 
 	log := setUpLogging(o.Debug, s)
@@ -67,8 +67,18 @@ func Run(ctx context.Context, o *Options, s Streams) error {
 		case <-runCtx.Done():
 		}
 	}()
-	runner := &process.Runner{Signals: sigs, StopSignal: o.Signal, KillAfter: o.KillAfter}
-	code, runErr := runner.Run(runCtx, o.Command, env)
+	var (
+		code   int
+		runErr error
+		// The Lease may have been lost between the acquisition and now,
+		// for instance while a slow acquisition write was answered: the
+		// command must not start then.
+		started = hold.Err() == nil
+	)
+	if started {
+		runner := &process.Runner{Signals: sigs, StopSignal: o.Signal, KillAfter: o.KillAfter}
+		code, runErr = runner.Run(runCtx, o.Command, env)
+	}
 	stop()
 
 	// Give the Lease back with a context of its own: the command is done,
@@ -79,6 +89,9 @@ func Run(ctx context.Context, o *Options, s Streams) error {
 		fmt.Fprintf(s.Err, "klock: %v; the lease frees itself %s after its last renewal\n", err, cfg.LeaseDuration)
 	}
 	if lost := hold.Err(); lost != nil {
+		if !started {
+			return &ExitError{Code: ExitLost, Err: fmt.Errorf("%w before the command started; not running it", lost)}
+		}
 		return &ExitError{Code: ExitLost, Err: fmt.Errorf("%w; the command was stopped with %s and exited with %d", lost, signalName(o.Signal), code)}
 	}
 	if runErr != nil {

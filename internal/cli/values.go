@@ -15,8 +15,15 @@ import (
 // them (1m30s) or as a number of seconds (90, 1.5), as flock(1) takes them.
 type durationValue struct{ d *time.Duration }
 
-func (v durationValue) String() string { return v.d.String() }
-func (v durationValue) Type() string   { return "duration" }
+// String is "0" for zero, which help output takes for "no default worth
+// printing": the usage texts say what zero means.
+func (v durationValue) String() string {
+	if *v.d == 0 {
+		return "0"
+	}
+	return v.d.String()
+}
+func (v durationValue) Type() string { return "duration" }
 
 func (v durationValue) Set(s string) error {
 	d, err := parseDuration(s)

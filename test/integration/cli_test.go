@@ -451,7 +451,7 @@ func TestBadInputIsOneClearLine(t *testing.T) {
 	}{
 		{args: []string{"-l", "Not_A_Name", "--", "true"}, want: `invalid lease name "Not_A_Name"`},
 		{args: []string{"--lease-duration", "1500ms", "--", "true"}, want: "whole number of seconds"},
-		{args: []string{"--renew-deadline", "20s", "--", "true"}, want: "below the lease duration"},
+		{args: []string{"--lease-duration", "15s", "--renew-deadline", "20s", "--", "true"}, want: "below the lease duration 15s"},
 		{args: []string{"-s", "NOPE", "--", "true"}, want: `unknown signal "NOPE"`},
 		{args: []string{"-w", "soon", "--", "true"}, want: `"soon" is not a duration`},
 		{args: []string{"--labels", "novalue", "--", "true"}, want: "not key=value"},
