@@ -104,7 +104,7 @@ e2e-deps: ## Install the Debian packages the end-to-end cluster needs, if missin
 
 .PHONY: fuzz
 fuzz: ## Fuzz the pod mutation and the pod handler, a minute each (FUZZTIME=10m for longer).
-	$(GO) test -run '^$$' -fuzz FuzzMutate -fuzztime $(or $(FUZZTIME),1m) ./webhook
+	$(GO) test -run '^$$' -fuzz FuzzMutate -fuzztime $(or $(FUZZTIME),1m) ./webhook/wrap
 	$(GO) test -run '^$$' -fuzz FuzzPodHandler -fuzztime $(or $(FUZZTIME),1m) ./webhook
 
 .PHONY: bench

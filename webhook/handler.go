@@ -1,3 +1,11 @@
+// Package webhook admits pods and workloads for klock. The pod handler
+// decodes a pod, applies the ClusterLockPolicy that selects it (package
+// policy), asks what its image runs when the container sets no command (an
+// ImageResolver, such as package images), wraps it with wrap.Mutate, adds
+// the Lease permission warnings (an AccessReviewer, such as package
+// leaseaccess) and answers with a JSON patch; it never admits a pod that
+// asks for klock unwrapped. The workload handler copies a workload's
+// klock.io/ annotations into its pod template. Package server runs them.
 package webhook
 
 import (
@@ -15,12 +23,14 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	klockv1alpha1 "github.com/klock-io/klock/api/v1alpha1"
+	"github.com/klock-io/klock/webhook/policy"
+	"github.com/klock-io/klock/webhook/wrap"
 )
 
 // ImageResolver reads what a container's image runs when the pod does not
 // say: its ENTRYPOINT and CMD.
 type ImageResolver interface {
-	Resolve(ctx context.Context, pod *corev1.Pod, c *corev1.Container) (*ImageCommand, error)
+	Resolve(ctx context.Context, pod *corev1.Pod, c *corev1.Container) (*wrap.ImageCommand, error)
 }
 
 // AccessReviewer says what may go wrong at run time with the Lease
@@ -29,10 +39,24 @@ type AccessReviewer interface {
 	Warnings(ctx context.Context, pod *corev1.Pod) []string
 }
 
+// PolicySource tells the pod handler which ClusterLockPolicies may apply
+// to a pod, and what the pod's workload is; policy.ClusterPolicies reads
+// them from the manager's cache.
+type PolicySource interface {
+	// Candidates returns the policies whose namespace and pod selectors
+	// match pod.
+	Candidates(ctx context.Context, pod *corev1.Pod) ([]*klockv1alpha1.ClusterLockPolicy, error)
+	// Workload returns the top of pod's chain of controllers.
+	Workload(ctx context.Context, pod *corev1.Pod) (policy.Workload, error)
+	// Current fails unless the source knows policy name at generation
+	// generation or later.
+	Current(ctx context.Context, name string, generation int64) error
+}
+
 // PodHandler admits pods: it wraps those annotated klock.io/lease, and
 // those a ClusterLockPolicy selects.
 type PodHandler struct {
-	options  Options
+	options  wrap.Options
 	images   ImageResolver
 	access   AccessReviewer
 	policies PolicySource
@@ -44,7 +68,7 @@ var _ admission.Handler = &PodHandler{}
 // NewPodHandler returns the pod handler. images and access may be nil:
 // containers without a command are then denied, and no permission warnings
 // are given.
-func NewPodHandler(scheme *runtime.Scheme, opts Options, images ImageResolver, access AccessReviewer) *PodHandler {
+func NewPodHandler(scheme *runtime.Scheme, opts wrap.Options, images ImageResolver, access AccessReviewer) *PodHandler {
 	return &PodHandler{options: opts, images: images, access: access, decoder: admission.NewDecoder(scheme)}
 }
 
@@ -71,7 +95,7 @@ func (h *PodHandler) handle(ctx context.Context, req admission.Request) (admissi
 	if err := h.decoder.Decode(req, pod); err != nil {
 		return admission.Errored(http.StatusBadRequest, err), outcomeError
 	}
-	if Wrapped(pod) {
+	if wrap.Wrapped(pod) {
 		return admission.Allowed(""), outcomeSkipped
 	}
 	if pod.Namespace == "" {
@@ -82,7 +106,7 @@ func (h *PodHandler) handle(ctx context.Context, req admission.Request) (admissi
 		return admission.Errored(http.StatusInternalServerError, err), outcomeError
 	}
 	var warnings []string
-	var policy *klockv1alpha1.ClusterLockPolicy
+	var applied *klockv1alpha1.ClusterLockPolicy
 	if required, ok := ctx.Value(requiredPolicyKey{}).(requiredPolicy); ok {
 		// Sent by a policy's entry: this replica must know that policy at
 		// least as new as the entry, or it could let the pod in unwrapped.
@@ -105,28 +129,35 @@ func (h *PodHandler) handle(ctx context.Context, req admission.Request) (admissi
 			if err != nil {
 				return admission.Errored(http.StatusInternalServerError, err), outcomeError
 			}
-			if policy, warnings, err = ApplyPolicies(pod, candidates, w); err != nil {
+			if applied, warnings, err = policy.ApplyPolicies(pod, candidates, w); err != nil {
 				return admission.Denied(err.Error()), outcomeDenied
 			}
 		}
 	}
-	if !Wants(pod) {
+	if !wrap.Wants(pod) {
 		return admission.Allowed("").WithWarnings(warnings...), outcomeSkipped
 	}
+	return h.wrapPod(ctx, pod, original, applied, warnings)
+}
 
-	var image *ImageCommand
-	if i, ferr := Target(pod); ferr == nil && len(pod.Spec.Containers[i].Command) == 0 && h.images != nil {
+// wrapPod wraps pod, which asks for klock (for policy applied, if not
+// nil), and answers with the patch from original, with warnings and its
+// own; or denies it with all there is to fix.
+func (h *PodHandler) wrapPod(ctx context.Context, pod *corev1.Pod, original []byte, applied *klockv1alpha1.ClusterLockPolicy, warnings []string) (admission.Response, string) {
+	var image *wrap.ImageCommand
+	if i, ferr := wrap.Target(pod); ferr == nil && len(pod.Spec.Containers[i].Command) == 0 && h.images != nil {
 		c := &pod.Spec.Containers[i]
+		var err error
 		if image, err = h.images.Resolve(ctx, pod, c); err != nil {
 			// Mutate, without the image, lists everything else to fix too.
-			_, merr := Mutate(pod.DeepCopy(), h.options, nil)
+			_, merr := wrap.Mutate(pod.DeepCopy(), h.options, nil)
 			return admission.Denied(fmt.Sprintf("reading the ENTRYPOINT and CMD of image %q failed: %v; %v", c.Image, err, merr)), outcomeDenied
 		}
 	}
-	more, err := Mutate(pod, h.options, image)
+	more, err := wrap.Mutate(pod, h.options, image)
 	if err != nil {
-		if policy != nil {
-			return admission.Denied(fmt.Sprintf("wrapping the pod for ClusterLockPolicy %s: %v", policy.Name, err)), outcomeDenied
+		if applied != nil {
+			return admission.Denied(fmt.Sprintf("wrapping the pod for ClusterLockPolicy %s: %v", applied.Name, err)), outcomeDenied
 		}
 		return admission.Denied(err.Error()), outcomeDenied
 	}

@@ -18,7 +18,12 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	klockv1alpha1 "github.com/klock-io/klock/api/v1alpha1"
+	"github.com/klock-io/klock/webhook/internal/builders"
+	"github.com/klock-io/klock/webhook/policy"
+	"github.com/klock-io/klock/webhook/wrap"
 )
+
+var testOptions = wrap.Options{Image: "ghcr.io/klock-io/klock:v1", ImagePullPolicy: corev1.PullIfNotPresent}
 
 func podRequest(op admissionv1.Operation, raw []byte) admission.Request {
 	return admission.Request{AdmissionRequest: admissionv1.AdmissionRequest{
@@ -48,11 +53,11 @@ func TestPodHandler(t *testing.T) {
 		contains string
 	}{
 		{name: "undecodable", req: podRequest(admissionv1.Create, []byte("{not json")), code: http.StatusBadRequest, outcome: outcomeError},
-		{name: "not annotated", req: podRequest(admissionv1.Create, rawPod(t, MakePod("p", "").Container("app", "busybox", "true").Obj())), allowed: true, outcome: outcomeSkipped},
-		{name: "annotated", req: podRequest(admissionv1.Create, rawPod(t, MakePod("p", "").Lease("x").Container("app", "busybox", "true").Obj())), allowed: true, patched: true, outcome: outcomeWrapped},
-		{name: "bad annotation", req: podRequest(admissionv1.Create, rawPod(t, MakePod("p", "").Lease("x").Annotation(AnnotationWait, "soon").Container("app", "busybox", "true").Obj())),
+		{name: "not annotated", req: podRequest(admissionv1.Create, rawPod(t, builders.MakePod("p", "").Container("app", "busybox", "true").Obj())), allowed: true, outcome: outcomeSkipped},
+		{name: "annotated", req: podRequest(admissionv1.Create, rawPod(t, builders.MakePod("p", "").Lease("x").Container("app", "busybox", "true").Obj())), allowed: true, patched: true, outcome: outcomeWrapped},
+		{name: "bad annotation", req: podRequest(admissionv1.Create, rawPod(t, builders.MakePod("p", "").Lease("x").Annotation(wrap.AnnotationWait, "soon").Container("app", "busybox", "true").Obj())),
 			code: http.StatusForbidden, outcome: outcomeDenied, contains: "klock.io/wait"},
-		{name: "not a create", req: podRequest(admissionv1.Update, rawPod(t, MakePod("p", "").Lease("x").Container("app", "busybox", "true").Obj())), allowed: true, outcome: outcomeSkipped},
+		{name: "not a create", req: podRequest(admissionv1.Update, rawPod(t, builders.MakePod("p", "").Lease("x").Container("app", "busybox", "true").Obj())), allowed: true, outcome: outcomeSkipped},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := testutil.ToFloat64(admissions.WithLabelValues("Pod", tc.outcome))
@@ -76,8 +81,8 @@ func TestPodHandler(t *testing.T) {
 // FuzzPodHandler: whatever bytes arrive as the object, the handler answers
 // and does not panic.
 func FuzzPodHandler(f *testing.F) {
-	f.Add(rawPod(f, MakePod("p", "").Lease("x").Container("app", "busybox", "true").Obj()))
-	f.Add(rawPod(f, MakePod("p", "").Lease("x").Annotation(AnnotationContainer, "nope").Obj()))
+	f.Add(rawPod(f, builders.MakePod("p", "").Lease("x").Container("app", "busybox", "true").Obj()))
+	f.Add(rawPod(f, builders.MakePod("p", "").Lease("x").Annotation(wrap.AnnotationContainer, "nope").Obj()))
 	f.Add([]byte(`{"metadata":{"annotations":{"klock.io/lease":"x"}},"spec":{"containers":[{"name":"a","args":["b"]}]}}`))
 	f.Add([]byte(`{"metadata":{"annotations":{"klock.io/lease":null}}}`))
 	f.Add([]byte(`[]`))
@@ -94,14 +99,14 @@ func FuzzPodHandler(f *testing.F) {
 type policySource struct {
 	policies []*klockv1alpha1.ClusterLockPolicy
 	err      error
-	workload Workload
+	workload policy.Workload
 }
 
 func (s policySource) Candidates(context.Context, *corev1.Pod) ([]*klockv1alpha1.ClusterLockPolicy, error) {
 	return s.policies, s.err
 }
 
-func (s policySource) Workload(context.Context, *corev1.Pod) (Workload, error) {
+func (s policySource) Workload(context.Context, *corev1.Pod) (policy.Workload, error) {
 	return s.workload, nil
 }
 
@@ -115,11 +120,11 @@ func (s policySource) Current(_ context.Context, name string, generation int64) 
 }
 
 func TestPodHandlerPolicies(t *testing.T) {
-	plain := podRequest(admissionv1.Create, rawPod(t, MakePod("p", "").Container("app", "busybox", "true").Obj()))
-	cronJob := Workload{Kind: "CronJob", Name: "nightly"}
+	plain := podRequest(admissionv1.Create, rawPod(t, builders.MakePod("p", "").Container("app", "busybox", "true").Obj()))
+	cronJob := policy.Workload{Kind: "CronJob", Name: "nightly"}
 
 	t.Run("a selected pod is wrapped, its annotations in the patch", func(t *testing.T) {
-		h := NewPodHandler(Scheme(), testOptions, nil, nil).WithPolicies(policySource{policies: []*klockv1alpha1.ClusterLockPolicy{MakePolicy("p").Obj()}, workload: cronJob})
+		h := NewPodHandler(Scheme(), testOptions, nil, nil).WithPolicies(policySource{policies: []*klockv1alpha1.ClusterLockPolicy{builders.MakePolicy("p").Obj()}, workload: cronJob})
 		resp := h.Handle(context.Background(), plain)
 		if !resp.Allowed {
 			t.Fatalf("denied: %+v", resp.Result)
@@ -143,7 +148,7 @@ func TestPodHandlerPolicies(t *testing.T) {
 	})
 
 	t.Run("a call for a policy this replica does not know yet fails", func(t *testing.T) {
-		p := MakePolicy("p").Obj()
+		p := builders.MakePolicy("p").Obj()
 		p.Generation = 2
 		h := NewPodHandler(Scheme(), testOptions, nil, nil).WithPolicies(policySource{policies: []*klockv1alpha1.ClusterLockPolicy{p}, workload: cronJob})
 		serve := RequirePolicyFromPath(&admission.Webhook{Handler: h})
@@ -164,7 +169,7 @@ func TestPodHandlerPolicies(t *testing.T) {
 	})
 
 	t.Run("a denial for a policy's values names the policy", func(t *testing.T) {
-		p := MakePolicy("strict").Obj()
+		p := builders.MakePolicy("strict").Obj()
 		p.Spec.Container = "missing"
 		h := NewPodHandler(Scheme(), testOptions, nil, nil).WithPolicies(policySource{policies: []*klockv1alpha1.ClusterLockPolicy{p}, workload: cronJob})
 		resp := h.Handle(context.Background(), plain)

@@ -17,10 +17,9 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
-)
 
-// AnnotationPrefix starts every annotation klock reads.
-const AnnotationPrefix = "klock.io/"
+	"github.com/klock-io/klock/webhook/wrap"
+)
 
 // Propagate copies the klock.io/ annotations of a workload's own metadata
 // into its pod template, so that annotating a CronJob or a Deployment is
@@ -29,7 +28,7 @@ const AnnotationPrefix = "klock.io/"
 func Propagate(annotations map[string]string, template *corev1.PodTemplateSpec) bool {
 	changed := false
 	for k, v := range annotations {
-		if !strings.HasPrefix(k, AnnotationPrefix) || k == AnnotationInjected {
+		if !strings.HasPrefix(k, wrap.AnnotationPrefix) || k == wrap.AnnotationInjected {
 			continue
 		}
 		if cur, ok := template.Annotations[k]; ok && cur == v {
@@ -114,8 +113,8 @@ func (h *WorkloadHandler) handle(req admission.Request) (admission.Response, str
 	if !Propagate(obj.GetAnnotations(), template) {
 		return admission.Allowed(""), outcomeSkipped
 	}
-	if _, wants := template.Annotations[AnnotationLease]; wants {
-		if _, errs := lockFlags(template.Annotations); len(errs) > 0 {
+	if _, wants := template.Annotations[wrap.AnnotationLease]; wants {
+		if _, errs := wrap.Flags(template.Annotations); len(errs) > 0 {
 			return admission.Denied(fmt.Sprintf("%s (on %s %s, whose pods would all be denied)", errs.ToAggregate(), req.Kind.Kind, req.Name)), outcomeDenied
 		}
 	}
@@ -135,7 +134,7 @@ func (h *WorkloadHandler) handle(req admission.Request) (admission.Response, str
 // never becomes ready, and with no unavailability allowed the old pod is
 // never stopped.
 func RolloutWarnings(d *appsv1.Deployment) []string {
-	if _, wants := d.Spec.Template.Annotations[AnnotationLease]; !wants || d.Spec.Strategy.Type == appsv1.RecreateDeploymentStrategyType {
+	if _, wants := d.Spec.Template.Annotations[wrap.AnnotationLease]; !wants || d.Spec.Strategy.Type == appsv1.RecreateDeploymentStrategyType {
 		return nil
 	}
 	replicas := 1
@@ -151,7 +150,7 @@ func RolloutWarnings(d *appsv1.Deployment) []string {
 		return nil
 	}
 	pod := &corev1.Pod{ObjectMeta: d.Spec.Template.ObjectMeta, Spec: d.Spec.Template.Spec}
-	i, ferr := Target(pod)
+	i, ferr := wrap.Target(pod)
 	if ferr != nil || pod.Spec.Containers[i].ReadinessProbe == nil {
 		return nil
 	}

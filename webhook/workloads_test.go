@@ -7,6 +7,8 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/klock-io/klock/webhook/wrap"
 )
 
 func TestPropagate(t *testing.T) {
@@ -19,15 +21,15 @@ func TestPropagate(t *testing.T) {
 	}{
 		{name: "nothing of klock's", workload: map[string]string{"a": "b"}, want: nil},
 		{name: "klock's annotations only are copied",
-			workload: map[string]string{AnnotationLease: "x", AnnotationWait: "5s", "other.io/y": "z"},
-			want:     map[string]string{AnnotationLease: "x", AnnotationWait: "5s"}, wantChanged: true},
+			workload: map[string]string{wrap.AnnotationLease: "x", wrap.AnnotationWait: "5s", "other.io/y": "z"},
+			want:     map[string]string{wrap.AnnotationLease: "x", wrap.AnnotationWait: "5s"}, wantChanged: true},
 		{name: "the workload's value wins, the template's others stay",
-			workload: map[string]string{AnnotationLease: "new"},
-			template: map[string]string{AnnotationLease: "old", AnnotationSignal: "INT", "app": "v"},
-			want:     map[string]string{AnnotationLease: "new", AnnotationSignal: "INT", "app": "v"}, wantChanged: true},
-		{name: "already in place", workload: map[string]string{AnnotationLease: "x"}, template: map[string]string{AnnotationLease: "x"},
-			want: map[string]string{AnnotationLease: "x"}},
-		{name: "the webhook's own status is not copied", workload: map[string]string{AnnotationInjected: "app"}, want: nil},
+			workload: map[string]string{wrap.AnnotationLease: "new"},
+			template: map[string]string{wrap.AnnotationLease: "old", wrap.AnnotationSignal: "INT", "app": "v"},
+			want:     map[string]string{wrap.AnnotationLease: "new", wrap.AnnotationSignal: "INT", "app": "v"}, wantChanged: true},
+		{name: "already in place", workload: map[string]string{wrap.AnnotationLease: "x"}, template: map[string]string{wrap.AnnotationLease: "x"},
+			want: map[string]string{wrap.AnnotationLease: "x"}},
+		{name: "the webhook's own status is not copied", workload: map[string]string{wrap.AnnotationInjected: "app"}, want: nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tmpl := &corev1.PodTemplateSpec{}
@@ -47,7 +49,7 @@ func TestRolloutWarnings(t *testing.T) {
 		d := &appsv1.Deployment{}
 		d.Name = "web"
 		d.Spec.Replicas = &replicas
-		d.Spec.Template.Annotations = map[string]string{AnnotationLease: "web"}
+		d.Spec.Template.Annotations = map[string]string{wrap.AnnotationLease: "web"}
 		c := corev1.Container{Name: "app"}
 		if probe {
 			c.ReadinessProbe = &corev1.Probe{}

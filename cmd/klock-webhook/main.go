@@ -14,11 +14,11 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/klock-io/klock/internal/version"
-	"github.com/klock-io/klock/webhook"
+	"github.com/klock-io/klock/webhook/server"
 )
 
 func main() {
-	o := webhook.NewServerOptions()
+	o := server.NewOptions()
 	fs := pflag.NewFlagSet("klock-webhook", pflag.ContinueOnError)
 	o.AddFlags(fs)
 	showVersion := fs.BoolP("version", "V", false, "Print the version and exit.")
@@ -43,7 +43,7 @@ func main() {
 	os.Exit(run(o))
 }
 
-func run(o *webhook.ServerOptions) int {
+func run(o *server.Options) int {
 	// --kubeconfig, else $KUBECONFIG, ~/.kube/config, in-cluster: as kubectl.
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()
 	rules.ExplicitPath = o.Kubeconfig
@@ -52,7 +52,7 @@ func run(o *webhook.ServerOptions) int {
 		fmt.Fprintf(os.Stderr, "klock-webhook: no cluster to talk to (%v): run it in a pod with a service account, or pass --kubeconfig\n", err)
 		return 1
 	}
-	if err := webhook.Run(ctrl.SetupSignalHandler(), o, cfg); err != nil {
+	if err := server.Run(ctrl.SetupSignalHandler(), o, cfg); err != nil {
 		fmt.Fprintf(os.Stderr, "klock-webhook: %v\n", err)
 		return 1
 	}

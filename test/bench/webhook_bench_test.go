@@ -22,6 +22,7 @@ import (
 	klockv1alpha1 "github.com/klock-io/klock/api/v1alpha1"
 	"github.com/klock-io/klock/test/framework"
 	"github.com/klock-io/klock/webhook"
+	"github.com/klock-io/klock/webhook/wrap"
 )
 
 // cronJobPod is what a CronJob's Job makes: one container with a command.
@@ -38,7 +39,7 @@ func cronJobPod(name string, annotated bool) *corev1.Pod {
 		},
 	}
 	if annotated {
-		p.Annotations = map[string]string{webhook.AnnotationLease: "nightly", webhook.AnnotationWait: "10m", webhook.AnnotationConflictExitCode: "0"}
+		p.Annotations = map[string]string{wrap.AnnotationLease: "nightly", wrap.AnnotationWait: "10m", wrap.AnnotationConflictExitCode: "0"}
 	}
 	return p
 }
@@ -46,7 +47,7 @@ func cronJobPod(name string, annotated bool) *corev1.Pod {
 // BenchmarkWebhookMutation: the pod handler in process, from the raw
 // AdmissionRequest to the patch (decode, check, mutate, diff).
 func BenchmarkWebhookMutation(b *testing.B) {
-	h := webhook.NewPodHandler(webhook.Scheme(), webhook.Options{Image: "klock:bench"}, nil, nil)
+	h := webhook.NewPodHandler(webhook.Scheme(), wrap.Options{Image: "klock:bench"}, nil, nil)
 	raw, err := json.Marshal(cronJobPod("p", true))
 	if err != nil {
 		b.Fatal(err)
@@ -90,7 +91,7 @@ func BenchmarkWebhookPodCreate(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if wrapped := got.Annotations[webhook.AnnotationInjected] != ""; wrapped != (p.Annotations != nil || p.Labels["tier"] == "batch") {
+		if wrapped := got.Annotations[wrap.AnnotationInjected] != ""; wrapped != (p.Annotations != nil || p.Labels["tier"] == "batch") {
 			b.Fatalf("pod %s: wrapped %v", p.Name, wrapped)
 		}
 		return time.Since(start)

@@ -15,7 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/klock-io/klock/test/framework"
-	"github.com/klock-io/klock/webhook"
+	"github.com/klock-io/klock/webhook/wrap"
 )
 
 // webhookDemo: the webhook wraps an annotated CronJob's pods and a
@@ -41,7 +41,7 @@ func webhookDemo(cp *framework.ControlPlane, klockBin string) error {
 	}}
 	cj := &batchv1.CronJob{
 		ObjectMeta: metav1.ObjectMeta{Name: "nightly-report", Annotations: map[string]string{
-			webhook.AnnotationLease: "nightly-report", webhook.AnnotationWait: "1m"}},
+			wrap.AnnotationLease: "nightly-report", wrap.AnnotationWait: "1m"}},
 		Spec: batchv1.CronJobSpec{Schedule: "*/1 * * * *", JobTemplate: batchv1.JobTemplateSpec{Spec: batchv1.JobSpec{Template: template}}},
 	}
 	say("demo", "$ kubectl create cronjob nightly-report ... with annotations klock.io/lease=nightly-report, klock.io/wait=1m")
@@ -68,7 +68,7 @@ func webhookDemo(cp *framework.ControlPlane, klockBin string) error {
 	say("demo", "  + init container %s (%s) copies klock into volume %s", pods[0].Spec.InitContainers[0].Name, pods[0].Spec.InitContainers[0].Image, pods[0].Spec.Volumes[0].Name)
 
 	dep := &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: "singleton", Annotations: map[string]string{webhook.AnnotationLease: "singleton"}},
+		ObjectMeta: metav1.ObjectMeta{Name: "singleton", Annotations: map[string]string{wrap.AnnotationLease: "singleton"}},
 		Spec: appsv1.DeploymentSpec{
 			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "singleton"}},
 			Strategy: appsv1.DeploymentStrategy{Type: appsv1.RecreateDeploymentStrategyType},
@@ -106,7 +106,7 @@ func webhookDemo(cp *framework.ControlPlane, klockBin string) error {
 func klockAnnotations(a map[string]string) string {
 	var parts []string
 	for k, v := range a {
-		if strings.HasPrefix(k, webhook.AnnotationPrefix) {
+		if strings.HasPrefix(k, wrap.AnnotationPrefix) {
 			parts = append(parts, k+"="+v)
 		}
 	}

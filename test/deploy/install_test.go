@@ -24,6 +24,8 @@ import (
 	klockv1alpha1 "github.com/klock-io/klock/api/v1alpha1"
 	"github.com/klock-io/klock/test/framework"
 	"github.com/klock-io/klock/webhook"
+	"github.com/klock-io/klock/webhook/server"
+	"github.com/klock-io/klock/webhook/wrap"
 )
 
 // A real helm install and upgrade of the chart into the control plane, in
@@ -80,7 +82,7 @@ func TestHelmInstallUpgradeAndAdmit(t *testing.T) {
 
 	// The webhook, as the release's pods run it and with its service
 	// account's permissions, plus the name it is reached by here.
-	o := webhook.NewServerOptions()
+	o := server.NewOptions()
 	fs := pflag.NewFlagSet("klock-webhook", pflag.ContinueOnError)
 	o.AddFlags(fs)
 	if err := fs.Parse(dep.Spec.Template.Spec.Containers[0].Args); err != nil {
@@ -117,7 +119,7 @@ func TestHelmInstallUpgradeAndAdmit(t *testing.T) {
 		t.Fatal(err)
 	}
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "nightly", Annotations: map[string]string{webhook.AnnotationLease: "nightly"}},
+		ObjectMeta: metav1.ObjectMeta{Name: "nightly", Annotations: map[string]string{wrap.AnnotationLease: "nightly"}},
 		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "busybox:1", Command: []string{"true"}}}},
 	}
 	var got *corev1.Pod
@@ -157,7 +159,7 @@ func TestHelmInstallUpgradeAndAdmit(t *testing.T) {
 	if got, err = cp.Client.CoreV1().Pods(apps.Name).Create(ctx, plain, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if got.Annotations[webhook.AnnotationLease] != "pod-plain" || got.Spec.Containers[0].Command[0] != "/klock-bin/klock" {
+	if got.Annotations[wrap.AnnotationLease] != "pod-plain" || got.Spec.Containers[0].Command[0] != "/klock-bin/klock" {
 		t.Errorf("the policy's pod was not wrapped: annotations %v", got.Annotations)
 	}
 	cronJob := &batchv1.CronJob{

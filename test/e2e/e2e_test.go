@@ -35,6 +35,7 @@ import (
 	"github.com/klock-io/klock/test/e2e/cluster"
 	"github.com/klock-io/klock/test/framework"
 	"github.com/klock-io/klock/webhook"
+	"github.com/klock-io/klock/webhook/wrap"
 )
 
 // The scenarios that need the webhook run in parallel; the one that
@@ -83,7 +84,7 @@ func runCronJob(ctx context.Context, t *testing.T, ns string, cj *batchv1.CronJo
 	if err != nil {
 		t.Fatal(err)
 	}
-	if created.Spec.JobTemplate.Spec.Template.Annotations[webhook.AnnotationLease] == "" {
+	if created.Spec.JobTemplate.Spec.Template.Annotations[wrap.AnnotationLease] == "" {
 		t.Fatalf("the webhook did not copy the CronJob's annotations into its job template: %v", created.Spec.JobTemplate.Spec.Template.Annotations)
 	}
 	var jobs []batchv1.Job
@@ -133,7 +134,7 @@ func testCronJobWaits(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	ns := newNamespace(ctx, t, "cronjob-wait")
-	pods := runCronJob(ctx, t, ns, cronJob("nightly", map[string]string{webhook.AnnotationLease: "nightly"}))
+	pods := runCronJob(ctx, t, ns, cronJob("nightly", map[string]string{wrap.AnnotationLease: "nightly"}))
 
 	type run struct {
 		pod        string
@@ -193,9 +194,9 @@ func testCronJobSkips(t *testing.T) {
 	defer cancel()
 	ns := newNamespace(ctx, t, "cronjob-skip")
 	pods := runCronJob(ctx, t, ns, cronJob("report", map[string]string{
-		webhook.AnnotationLease:            "report",
-		webhook.AnnotationWait:             "2s",
-		webhook.AnnotationConflictExitCode: "0",
+		wrap.AnnotationLease:            "report",
+		wrap.AnnotationWait:             "2s",
+		wrap.AnnotationConflictExitCode: "0",
 	}))
 	ran, skipped := pods[0], pods[1]
 	for _, p := range pods {
@@ -236,8 +237,8 @@ func testDeploymentHandover(t *testing.T) {
 	labels := map[string]string{"app": "singleton"}
 	dep := &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Name: "singleton", Annotations: map[string]string{
-			webhook.AnnotationLease:         "singleton",
-			webhook.AnnotationLeaseDuration: fmt.Sprintf("%ds", leaseSeconds),
+			wrap.AnnotationLease:         "singleton",
+			wrap.AnnotationLeaseDuration: fmt.Sprintf("%ds", leaseSeconds),
 		}},
 		Spec: appsv1.DeploymentSpec{
 			Replicas: ptr.To(int32(2)),
@@ -431,7 +432,7 @@ func testImageEntrypoint(t *testing.T) {
 	}
 
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "entrypoint", Annotations: map[string]string{webhook.AnnotationLease: "entrypoint"}},
+		ObjectMeta: metav1.ObjectMeta{Name: "entrypoint", Annotations: map[string]string{wrap.AnnotationLease: "entrypoint"}},
 		Spec: corev1.PodSpec{
 			ServiceAccountName: worker, RestartPolicy: corev1.RestartPolicyNever,
 			Containers: []corev1.Container{{Name: "app", Image: ref, ImagePullPolicy: corev1.PullNever}},
@@ -478,7 +479,7 @@ func testLeasePermissions(t *testing.T) {
 		spec := podSpec(busybox("app", "echo START; echo END"))
 		spec.ServiceAccountName = sa
 		p, err := client.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: map[string]string{webhook.AnnotationLease: name}},
+			ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: map[string]string{wrap.AnnotationLease: name}},
 			Spec:       spec,
 		}, metav1.CreateOptions{})
 		if err != nil {
@@ -572,8 +573,8 @@ func testPolicyLeaseAccess(t *testing.T) {
 	var succeeded int
 	for _, p := range pods.Items {
 		wrapped(t, &p, "job-report")
-		if p.Annotations[webhook.AnnotationPolicy] != policy.Name {
-			t.Errorf("pod %s: klock.io/policy %q, want %q", p.Name, p.Annotations[webhook.AnnotationPolicy], policy.Name)
+		if p.Annotations[wrap.AnnotationPolicy] != policy.Name {
+			t.Errorf("pod %s: klock.io/policy %q, want %q", p.Name, p.Annotations[wrap.AnnotationPolicy], policy.Name)
 		}
 		if p.Status.Phase == corev1.PodSucceeded {
 			succeeded++
@@ -607,8 +608,8 @@ func testSignals(t *testing.T) {
 		spec.TerminationGracePeriodSeconds = ptr.To(int64(grace))
 		_, err := cl.Client.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: map[string]string{
-				webhook.AnnotationLease:         "signals",
-				webhook.AnnotationLeaseDuration: fmt.Sprintf("%ds", leaseSeconds),
+				wrap.AnnotationLease:         "signals",
+				wrap.AnnotationLeaseDuration: fmt.Sprintf("%ds", leaseSeconds),
 			}},
 			Spec: spec,
 		}, metav1.CreateOptions{})
@@ -708,7 +709,7 @@ func testUntouchedWithoutWebhook(t *testing.T) {
 	})
 
 	annotated := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "annotated", Annotations: map[string]string{webhook.AnnotationLease: "annotated"}},
+		ObjectMeta: metav1.ObjectMeta{Name: "annotated", Annotations: map[string]string{wrap.AnnotationLease: "annotated"}},
 		Spec:       podSpec(busybox("app", "echo START")),
 	}
 	if _, err := cl.Client.CoreV1().Pods(ns).Create(ctx, annotated, metav1.CreateOptions{}); err == nil {
@@ -727,7 +728,7 @@ func testUntouchedWithoutWebhook(t *testing.T) {
 		t.Fatalf("the plain pod was changed: init containers %v, command %q, annotations %v", created.Spec.InitContainers, c.Command, created.Annotations)
 	}
 	for _, v := range created.Spec.Volumes {
-		if v.Name == webhook.VolumeName {
+		if v.Name == wrap.VolumeName {
 			t.Fatalf("the plain pod got volume %s", v.Name)
 		}
 	}

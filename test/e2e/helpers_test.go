@@ -21,7 +21,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/klock-io/klock/test/framework"
-	"github.com/klock-io/klock/webhook"
+	"github.com/klock-io/klock/webhook/wrap"
 )
 
 // worker is the service account the scenarios' workloads run as.
@@ -183,12 +183,12 @@ func describe(p *corev1.Pod) string {
 // container, and klock with the lease as the container's command.
 func wrapped(t *testing.T, p *corev1.Pod, lease string) {
 	t.Helper()
-	if p.Annotations[webhook.AnnotationInjected] == "" || len(p.Spec.InitContainers) == 0 || p.Spec.InitContainers[0].Name != webhook.InitContainerName {
+	if p.Annotations[wrap.AnnotationInjected] == "" || len(p.Spec.InitContainers) == 0 || p.Spec.InitContainers[0].Name != wrap.InitContainerName {
 		t.Fatalf("pod %s was not wrapped: annotations %v, init containers %v", p.Name, p.Annotations, p.Spec.InitContainers)
 	}
 	cmd := p.Spec.Containers[0].Command
-	if len(cmd) < 2 || cmd[0] != webhook.BinaryPath || cmd[1] != "--lease="+lease {
-		t.Fatalf("pod %s's command is %q, want %s --lease=%s ...", p.Name, cmd, webhook.BinaryPath, lease)
+	if len(cmd) < 2 || cmd[0] != wrap.BinaryPath || cmd[1] != "--lease="+lease {
+		t.Fatalf("pod %s's command is %q, want %s --lease=%s ...", p.Name, cmd, wrap.BinaryPath, lease)
 	}
 }
 

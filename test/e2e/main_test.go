@@ -36,7 +36,7 @@ import (
 	"github.com/klock-io/klock/test/e2e/cluster"
 	"github.com/klock-io/klock/test/framework"
 	"github.com/klock-io/klock/test/image"
-	"github.com/klock-io/klock/webhook"
+	"github.com/klock-io/klock/webhook/wrap"
 )
 
 // Names the scenarios share.
@@ -228,7 +228,7 @@ func installChart(ctx context.Context, c *cluster.Cluster) error {
 	// Ready pods are not enough: the CA must be in the webhook
 	// configuration and the Service's endpoints in kube-proxy's rules.
 	probe := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "probe", Namespace: metav1.NamespaceDefault, Annotations: map[string]string{webhook.AnnotationLease: "probe"}},
+		ObjectMeta: metav1.ObjectMeta{Name: "probe", Namespace: metav1.NamespaceDefault, Annotations: map[string]string{wrap.AnnotationLease: "probe"}},
 		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: busyboxImage, Command: []string{"true"}}}},
 	}
 	quiet := rest.CopyConfig(c.Config)
@@ -240,7 +240,7 @@ func installChart(ctx context.Context, c *cluster.Cluster) error {
 	var last error
 	for deadline := time.Now().Add(3 * time.Minute); time.Now().Before(deadline); time.Sleep(time.Second) {
 		got, err := client.CoreV1().Pods(metav1.NamespaceDefault).Create(ctx, probe, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
-		if err == nil && got.Annotations[webhook.AnnotationInjected] != "" {
+		if err == nil && got.Annotations[wrap.AnnotationInjected] != "" {
 			return nil
 		}
 		if ctx.Err() != nil {

@@ -18,23 +18,23 @@ import (
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 
-	"github.com/klock-io/klock/webhook"
+	"github.com/klock-io/klock/webhook/server"
 )
 
 // ServeWebhook runs klock-webhook's server where the installed webhook
 // configuration sends requests, and returns once it answers TLS. It stops
 // when ctx ends; the returned channel then yields its error. configure
 // may change the options first.
-func (cp *ControlPlane) ServeWebhook(ctx context.Context, klockImage string, configure ...func(*webhook.ServerOptions)) (<-chan error, error) {
+func (cp *ControlPlane) ServeWebhook(ctx context.Context, klockImage string, configure ...func(*server.Options)) (<-chan error, error) {
 	ctrl.SetLogger(logr.Discard()) // the tests read what the webhook does from the API server
 	host, port, certDir := cp.WebhookServing()
-	o := webhook.NewServerOptions()
+	o := server.NewOptions()
 	o.Port, o.CertDir, o.KlockImage, o.MetricsAddr, o.ProbeAddr = port, certDir, klockImage, "0", "0"
 	for _, f := range configure {
 		f(o)
 	}
 	done := make(chan error, 1)
-	go func() { done <- webhook.Run(ctx, o, cp.Config) }()
+	go func() { done <- server.Run(ctx, o, cp.Config) }()
 	addr := net.JoinHostPort(host, strconv.Itoa(port))
 	for deadline := time.Now().Add(30 * time.Second); ; {
 		// Only checks that it serves; the API server checks the certificate.
@@ -91,7 +91,7 @@ func FreePort() (int, error) {
 // test ends, and fails the test if it stopped with an error. With
 // mountSecret, the named Secret (namespace/name) is kept in o.CertDir as
 // the kubelet would.
-func (cp *ControlPlane) RunWebhook(t testing.TB, o *webhook.ServerOptions, mountSecret string) {
+func (cp *ControlPlane) RunWebhook(t testing.TB, o *server.Options, mountSecret string) {
 	t.Helper()
 	cp.RunWebhookAs(t, o, mountSecret, "")
 }
@@ -99,7 +99,7 @@ func (cp *ControlPlane) RunWebhook(t testing.TB, o *webhook.ServerOptions, mount
 // RunWebhookAs is RunWebhook with the webhook's requests made as service
 // account serviceAccount (namespace/name), as its pods would make them:
 // the test then proves that account's RBAC is enough.
-func (cp *ControlPlane) RunWebhookAs(t testing.TB, o *webhook.ServerOptions, mountSecret, serviceAccount string) {
+func (cp *ControlPlane) RunWebhookAs(t testing.TB, o *server.Options, mountSecret, serviceAccount string) {
 	t.Helper()
 	config := rest.CopyConfig(cp.Config)
 	if ns, name, ok := strings.Cut(serviceAccount, "/"); ok {
@@ -113,7 +113,7 @@ func (cp *ControlPlane) RunWebhookAs(t testing.TB, o *webhook.ServerOptions, mou
 		go cp.MountSecret(ctx, ns, name, o.CertDir)
 	}
 	done := make(chan error, 1)
-	go func() { done <- webhook.Run(ctx, o, config) }()
+	go func() { done <- server.Run(ctx, o, config) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {

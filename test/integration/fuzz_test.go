@@ -9,7 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/klock-io/klock/webhook"
+	"github.com/klock-io/klock/webhook/wrap"
 )
 
 // Pods made at random from good and bad values: each is either denied by
@@ -25,16 +25,16 @@ func TestWebhookRandomPodsAreDeniedOrValid(t *testing.T) {
 	// Per annotation: values klock accepts, then values it must deny. A bad
 	// value is picked one time in ten, so that both outcomes are common.
 	annotations := map[string][2][]string{
-		webhook.AnnotationLease:            {{"nightly", "a.b-c"}, {"Bad_Name", "", strings.Repeat("x", 254)}},
-		webhook.AnnotationWait:             {{"", "30s", "1.5", "0"}, {"soon", "-1"}},
-		webhook.AnnotationConflictExitCode: {{"", "0", "255"}, {"256", "x"}},
-		webhook.AnnotationSignal:           {{"", "TERM", "sigint", "9"}, {"0", "NOPE"}},
-		webhook.AnnotationKillAfter:        {{"", "5s"}, {"NaN"}},
-		webhook.AnnotationLeaseDuration:    {{"", "20s"}, {"1500ms", "5s"}},
-		webhook.AnnotationRenewDeadline:    {{"", "8s"}, {"30s"}},
-		webhook.AnnotationLabels:           {{"", "team=a"}, {"app.kubernetes.io/managed-by=x", "bad key=v", "novalue"}},
-		webhook.AnnotationCleanupLease:     {{"", "true", "false"}, {"yes"}},
-		webhook.AnnotationContainer:        {{"", "app"}, {"missing"}},
+		wrap.AnnotationLease:            {{"nightly", "a.b-c"}, {"Bad_Name", "", strings.Repeat("x", 254)}},
+		wrap.AnnotationWait:             {{"", "30s", "1.5", "0"}, {"soon", "-1"}},
+		wrap.AnnotationConflictExitCode: {{"", "0", "255"}, {"256", "x"}},
+		wrap.AnnotationSignal:           {{"", "TERM", "sigint", "9"}, {"0", "NOPE"}},
+		wrap.AnnotationKillAfter:        {{"", "5s"}, {"NaN"}},
+		wrap.AnnotationLeaseDuration:    {{"", "20s"}, {"1500ms", "5s"}},
+		wrap.AnnotationRenewDeadline:    {{"", "8s"}, {"30s"}},
+		wrap.AnnotationLabels:           {{"", "team=a"}, {"app.kubernetes.io/managed-by=x", "bad key=v", "novalue"}},
+		wrap.AnnotationCleanupLease:     {{"", "true", "false"}, {"yes"}},
+		wrap.AnnotationContainer:        {{"", "app"}, {"missing"}},
 	}
 	var admitted, denied int
 	for i := range 150 {
@@ -44,7 +44,7 @@ func TestWebhookRandomPodsAreDeniedOrValid(t *testing.T) {
 			if rng.IntN(10) == 0 {
 				v = pick(values[1]...)
 			}
-			if v != "" || key == webhook.AnnotationLease {
+			if v != "" || key == wrap.AnnotationLease {
 				p.Annotations[key] = v
 			}
 		}

@@ -21,7 +21,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/klock-io/klock/webhook"
+	"github.com/klock-io/klock/webhook/wrap"
 )
 
 // A real OCI registry in process, one public and one that wants a password.
@@ -122,7 +122,7 @@ func TestWebhookReadsImageEntrypoints(t *testing.T) {
 	}
 	startWebhook(t)
 
-	lease := map[string]string{webhook.AnnotationLease: "images"}
+	lease := map[string]string{wrap.AnnotationLease: "images"}
 	klock := []string{"/klock-bin/klock", "--lease=images", "--"}
 	for _, tc := range []struct {
 		name   string

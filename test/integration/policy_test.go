@@ -22,6 +22,10 @@ import (
 	klockv1alpha1 "github.com/klock-io/klock/api/v1alpha1"
 	"github.com/klock-io/klock/test/framework"
 	"github.com/klock-io/klock/webhook"
+	"github.com/klock-io/klock/webhook/leaseaccess"
+	webhookpolicy "github.com/klock-io/klock/webhook/policy"
+	"github.com/klock-io/klock/webhook/server"
+	"github.com/klock-io/klock/webhook/wrap"
 )
 
 // policyClient reads and writes ClusterLockPolicies.
@@ -93,10 +97,10 @@ func ownedPod(name string, labels map[string]string, owner metav1.Object, kind, 
 
 func wrappedLease(t *testing.T, p *corev1.Pod) string {
 	t.Helper()
-	if p.Annotations[webhook.AnnotationInjected] == "" {
+	if p.Annotations[wrap.AnnotationInjected] == "" {
 		return ""
 	}
-	return p.Annotations[webhook.AnnotationLease]
+	return p.Annotations[wrap.AnnotationLease]
 }
 
 func TestClusterLockPolicyValidation(t *testing.T) {
@@ -213,8 +217,8 @@ func TestClusterLockPolicy(t *testing.T) {
 		if lease := wrappedLease(t, got); lease != "cronjob-nightly" {
 			t.Fatalf("lease %q, want cronjob-nightly; annotations %v", lease, got.Annotations)
 		}
-		if got.Annotations[webhook.AnnotationPolicy] != "batch" || !slices.Contains(got.Spec.Containers[0].Command, "--wait=30s") {
-			t.Errorf("policy annotation %q, command %q", got.Annotations[webhook.AnnotationPolicy], got.Spec.Containers[0].Command)
+		if got.Annotations[wrap.AnnotationPolicy] != "batch" || !slices.Contains(got.Spec.Containers[0].Command, "--wait=30s") {
+			t.Errorf("policy annotation %q, command %q", got.Annotations[wrap.AnnotationPolicy], got.Spec.Containers[0].Command)
 		}
 	})
 
@@ -242,14 +246,14 @@ func TestClusterLockPolicy(t *testing.T) {
 
 	t.Run("a pod's own annotations override the policy's", func(t *testing.T) {
 		p := ownedPod("own-lease", batch, scheduled, "Job", "batch/v1")
-		p.Annotations = map[string]string{webhook.AnnotationLease: "mine", webhook.AnnotationWait: "5s"}
+		p.Annotations = map[string]string{wrap.AnnotationLease: "mine", wrap.AnnotationWait: "5s"}
 		got, err := pods(selected).Create(ctx, p, metav1.CreateOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		cmd := got.Spec.Containers[0].Command
 		if wrappedLease(t, got) != "mine" || !slices.Contains(cmd, "--wait=5s") || slices.Contains(cmd, "--wait=30s") {
-			t.Errorf("lease %q, command %q", got.Annotations[webhook.AnnotationLease], cmd)
+			t.Errorf("lease %q, command %q", got.Annotations[wrap.AnnotationLease], cmd)
 		}
 	})
 
@@ -263,7 +267,7 @@ func TestClusterLockPolicy(t *testing.T) {
 		if lease := wrappedLease(t, got); lease != selected+".report-gen" {
 			t.Errorf("lease %q, want %s.report-gen", lease, selected)
 		}
-		p.Name, p.Annotations = "bare-skipped", map[string]string{webhook.AnnotationSkip: "true"}
+		p.Name, p.Annotations = "bare-skipped", map[string]string{wrap.AnnotationSkip: "true"}
 		if got, err = pods(selected).Create(ctx, p, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
@@ -279,7 +283,7 @@ func TestClusterLockPolicy(t *testing.T) {
 
 	t.Run("the webhook's own annotation does not pass for wrapped", func(t *testing.T) {
 		p := ownedPod("fake-wrapped", batch, scheduled, "Job", "batch/v1")
-		p.Annotations = map[string]string{webhook.AnnotationInjected: "app"}
+		p.Annotations = map[string]string{wrap.AnnotationInjected: "app"}
 		got, err := pods(selected).Create(ctx, p, metav1.CreateOptions{})
 		if err != nil {
 			t.Fatal(err)
@@ -291,7 +295,7 @@ func TestClusterLockPolicy(t *testing.T) {
 
 	t.Run("an opt-out the policy does not allow is denied", func(t *testing.T) {
 		p := ownedPod("skipper", batch, scheduled, "Job", "batch/v1")
-		p.Annotations = map[string]string{webhook.AnnotationSkip: "true"}
+		p.Annotations = map[string]string{wrap.AnnotationSkip: "true"}
 		_, err := pods(selected).Create(ctx, p, metav1.CreateOptions{})
 		if err == nil || !strings.Contains(err.Error(), "ClusterLockPolicy batch selects this pod and does not allow it to skip the lock") {
 			t.Errorf("err = %v", err)
@@ -447,14 +451,14 @@ func TestClusterLockPolicy(t *testing.T) {
 			for _, w := range mwc.Webhooks {
 				names = append(names, w.Name)
 			}
-			return !slices.Contains(names, "batch.policies.klock.io") && slices.Contains(names, "bare-pods.policies.klock.io") && slices.Contains(names, webhook.PodsWebhook)
+			return !slices.Contains(names, "batch.policies.klock.io") && slices.Contains(names, "bare-pods.policies.klock.io") && slices.Contains(names, webhookpolicy.PodsWebhook)
 		})
 	})
 }
 
 // startWebhookUntil serves the webhook until the returned stop is called
 // or the test ends.
-func startWebhookUntil(t *testing.T, configure ...func(*webhook.ServerOptions)) (stop func()) {
+func startWebhookUntil(t *testing.T, configure ...func(*server.Options)) (stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done, err := cp.ServeWebhook(ctx, testKlockImage, configure...)
@@ -482,7 +486,7 @@ func TestLeaseAccess(t *testing.T) {
 	c := policyClient(t)
 	team := map[string]string{"klock-test/team": "lease-access"}
 	ns := labelledNamespace(t, team)
-	startWebhookUntil(t, func(o *webhook.ServerOptions) { o.LeaseAccess = webhook.LeaseAccessPolicy })
+	startWebhookUntil(t, func(o *server.Options) { o.LeaseAccess = leaseaccess.ModePolicy })
 	p := policy("granting", klockv1alpha1.ClusterLockPolicySpec{
 		NamespaceSelector: &metav1.LabelSelector{MatchLabels: team},
 		WorkloadKinds:     []klockv1alpha1.WorkloadKind{klockv1alpha1.CronJob},
@@ -569,7 +573,7 @@ func TestLeaseAccess(t *testing.T) {
 	})
 
 	t.Run("kept while a pod holds the Lease, removed when no longer granted", func(t *testing.T) {
-		running := pod("report-running", map[string]string{webhook.AnnotationLease: "cronjob-report"}, container("app", "work"))
+		running := pod("report-running", map[string]string{wrap.AnnotationLease: "cronjob-report"}, container("app", "work"))
 		running.Spec.ServiceAccountName = "runner"
 		if _, err := cp.Client.CoreV1().Pods(ns).Create(ctx, running, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)

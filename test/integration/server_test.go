@@ -33,6 +33,8 @@ import (
 
 	"github.com/klock-io/klock/test/framework"
 	"github.com/klock-io/klock/webhook"
+	"github.com/klock-io/klock/webhook/server"
+	"github.com/klock-io/klock/webhook/wrap"
 )
 
 // writeCert writes a self-signed serving certificate for 127.0.0.1 with
@@ -93,7 +95,7 @@ func httpGet(t *testing.T, url string) (int, string) {
 func TestWebhookServer(t *testing.T) {
 	certDir := t.TempDir()
 	writeCert(t, certDir, "first")
-	o := webhook.NewServerOptions()
+	o := server.NewOptions()
 	o.Port, o.CertDir, o.KlockImage = framework.Port(t), certDir, testKlockImage
 	probes, metrics := "127.0.0.1:"+strconv.Itoa(framework.Port(t)), "127.0.0.1:"+strconv.Itoa(framework.Port(t))
 	o.ProbeAddr, o.MetricsAddr = probes, metrics
@@ -109,7 +111,7 @@ func TestWebhookServer(t *testing.T) {
 	}
 
 	t.Run("an AdmissionReview over HTTPS", func(t *testing.T) {
-		raw, _ := json.Marshal(pod("p", map[string]string{webhook.AnnotationLease: "x"}, container("app", "true")))
+		raw, _ := json.Marshal(pod("p", map[string]string{wrap.AnnotationLease: "x"}, container("app", "true")))
 		review := admissionv1.AdmissionReview{
 			TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
 			Request: &admissionv1.AdmissionRequest{
@@ -180,7 +182,7 @@ func TestWebhookSelfManagedTLS(t *testing.T) {
 	// Two replicas, as the chart runs them: one rotates, both serve. One
 	// runs in this process, the other is the klock-webhook binary.
 	dnsName := "klock-webhook." + ns + ".svc"
-	o := webhook.NewServerOptions()
+	o := server.NewOptions()
 	o.Port, o.CertDir, o.KlockImage = framework.Port(t), t.TempDir(), testKlockImage
 	probes := "127.0.0.1:" + strconv.Itoa(framework.Port(t))
 	o.ProbeAddr, o.MetricsAddr = probes, "0"

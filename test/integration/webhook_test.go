@@ -14,7 +14,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
-	"github.com/klock-io/klock/webhook"
+	"github.com/klock-io/klock/webhook/wrap"
 )
 
 const testKlockImage = "ghcr.io/klock-io/klock:test"
@@ -85,7 +85,7 @@ func TestWebhook(t *testing.T) {
 	ns := namespace(t)
 	ctx := context.Background()
 	pods := cp.Client.CoreV1().Pods(ns)
-	lease := map[string]string{webhook.AnnotationLease: "nightly"}
+	lease := map[string]string{wrap.AnnotationLease: "nightly"}
 
 	t.Run("while the webhook is down, only annotated pods are refused", func(t *testing.T) {
 		if _, err := pods.Create(ctx, pod("plain-while-down", nil, container("app", "true")), metav1.CreateOptions{}); err != nil {
@@ -102,7 +102,7 @@ func TestWebhook(t *testing.T) {
 	grantLeases(t, ns, "default")
 
 	t.Run("an annotated pod is stored wrapped", func(t *testing.T) {
-		in := pod("wrapped", map[string]string{webhook.AnnotationLease: "nightly", webhook.AnnotationWait: "10s"},
+		in := pod("wrapped", map[string]string{wrap.AnnotationLease: "nightly", wrap.AnnotationWait: "10s"},
 			corev1.Container{Name: "app", Image: "busybox:1", Command: []string{"sh", "-c"}, Args: []string{"echo hi"}})
 		got, err := client.CoreV1().Pods(ns).Create(ctx, in, metav1.CreateOptions{})
 		if err != nil {
@@ -116,7 +116,7 @@ func TestWebhook(t *testing.T) {
 		if len(got.Spec.InitContainers) != 1 || got.Spec.InitContainers[0].Name != "klock-install" || got.Spec.InitContainers[0].Image != testKlockImage {
 			t.Errorf("init containers: %+v", got.Spec.InitContainers)
 		}
-		if got.Annotations[webhook.AnnotationInjected] != "app" {
+		if got.Annotations[wrap.AnnotationInjected] != "app" {
 			t.Errorf("annotations: %v", got.Annotations)
 		}
 		if w := client.take(); len(w) != 0 {
@@ -151,10 +151,10 @@ func TestWebhook(t *testing.T) {
 		want []string
 	}{
 		{name: "a bad annotation is denied with what to fix",
-			pod:  pod("bad-wait", map[string]string{webhook.AnnotationLease: "nightly", webhook.AnnotationWait: "soon"}, container("app", "true")),
+			pod:  pod("bad-wait", map[string]string{wrap.AnnotationLease: "nightly", wrap.AnnotationWait: "soon"}, container("app", "true")),
 			want: []string{`admission webhook "pods.klock.io" denied the request`, `metadata.annotations[klock.io/wait]: Invalid value: "soon"`}},
 		{name: "an invalid lease name is denied",
-			pod:  pod("bad-lease", map[string]string{webhook.AnnotationLease: "Not_Valid"}, container("app", "true")),
+			pod:  pod("bad-lease", map[string]string{wrap.AnnotationLease: "Not_Valid"}, container("app", "true")),
 			want: []string{`metadata.annotations[klock.io/lease]: Invalid value: "Not_Valid"`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -185,7 +185,7 @@ func TestWebhook(t *testing.T) {
 
 	t.Run("workloads pass their annotations to their pod templates", func(t *testing.T) {
 		meta := func(name string) metav1.ObjectMeta {
-			return metav1.ObjectMeta{Name: name, Annotations: map[string]string{webhook.AnnotationLease: "batch-" + name, "other.io/x": "y"}}
+			return metav1.ObjectMeta{Name: name, Annotations: map[string]string{wrap.AnnotationLease: "batch-" + name, "other.io/x": "y"}}
 		}
 		labels := map[string]string{"app": "w"}
 		template := corev1.PodTemplateSpec{
@@ -198,7 +198,7 @@ func TestWebhook(t *testing.T) {
 
 		check := func(kind string, got *corev1.PodTemplateSpec, name string) {
 			t.Helper()
-			if got.Annotations[webhook.AnnotationLease] != "batch-"+name || got.Annotations["other.io/x"] != "" {
+			if got.Annotations[wrap.AnnotationLease] != "batch-"+name || got.Annotations["other.io/x"] != "" {
 				t.Errorf("%s: template annotations %v, want only klock.io/lease=batch-%s", kind, got.Annotations, name)
 			}
 		}
@@ -240,7 +240,7 @@ func TestWebhook(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		plain.Annotations = map[string]string{webhook.AnnotationLease: "batch-later"}
+		plain.Annotations = map[string]string{wrap.AnnotationLease: "batch-later"}
 		updated, err := cp.Client.AppsV1().Deployments(ns).Update(ctx, plain, metav1.UpdateOptions{})
 		if err != nil {
 			t.Fatal(err)
@@ -260,7 +260,7 @@ func TestWebhook(t *testing.T) {
 
 		// A mistake is denied on the workload, not on every pod it makes.
 		bad := &batchv1.CronJob{
-			ObjectMeta: metav1.ObjectMeta{Name: "bad", Annotations: map[string]string{webhook.AnnotationLease: "x", webhook.AnnotationWait: "soon"}},
+			ObjectMeta: metav1.ObjectMeta{Name: "bad", Annotations: map[string]string{wrap.AnnotationLease: "x", wrap.AnnotationWait: "soon"}},
 			Spec:       batchv1.CronJobSpec{Schedule: "*/5 * * * *", JobTemplate: batchv1.JobTemplateSpec{Spec: batchv1.JobSpec{Template: template}}},
 		}
 		_, err = cp.Client.BatchV1().CronJobs(ns).Create(ctx, bad, metav1.CreateOptions{})

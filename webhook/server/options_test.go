@@ -1,4 +1,4 @@
-package webhook
+package server
 
 import (
 	"strings"
@@ -7,9 +7,9 @@ import (
 	"github.com/spf13/pflag"
 )
 
-func TestServerOptions(t *testing.T) {
-	parse := func(args ...string) (*ServerOptions, error) {
-		o := NewServerOptions()
+func TestOptions(t *testing.T) {
+	parse := func(args ...string) (*Options, error) {
+		o := NewOptions()
 		fs := pflag.NewFlagSet("klock-webhook", pflag.ContinueOnError)
 		o.AddFlags(fs)
 		if err := fs.Parse(args); err != nil {

@@ -1,4 +1,4 @@
-package webhook
+package policy
 
 import (
 	"context"
@@ -15,19 +15,6 @@ import (
 	klockv1alpha1 "github.com/klock-io/klock/api/v1alpha1"
 )
 
-// PolicySource tells the pod handler which ClusterLockPolicies may apply
-// to a pod, and what the pod's workload is.
-type PolicySource interface {
-	// Candidates returns the policies whose namespace and pod selectors
-	// match pod.
-	Candidates(ctx context.Context, pod *corev1.Pod) ([]*klockv1alpha1.ClusterLockPolicy, error)
-	// Workload returns the top of pod's chain of controllers.
-	Workload(ctx context.Context, pod *corev1.Pod) (Workload, error)
-	// Current fails unless the source knows policy name at generation
-	// generation or later.
-	Current(ctx context.Context, name string, generation int64) error
-}
-
 // ClusterPolicies reads policies and namespaces from the manager's cache,
 // and a pod's owners from the API server: one GET of the owner's metadata
 // for a Job's or a ReplicaSet's pod, remembered by the owner's UID, since
@@ -38,15 +25,15 @@ type ClusterPolicies struct {
 	owners *lru.Cache // owner UID → Workload
 }
 
-// NewClusterPolicies returns a PolicySource that reads policies and
+// NewClusterPolicies returns a ClusterPolicies that reads policies and
 // namespaces through cache and owners through api.
 func NewClusterPolicies(cache, api client.Reader) *ClusterPolicies {
 	return &ClusterPolicies{cache: cache, api: api, owners: lru.New(4096)}
 }
 
-var _ PolicySource = &ClusterPolicies{}
-
-// Candidates implements PolicySource.
+// Candidates returns the valid policies whose namespace and pod selectors
+// match pod, from the cache; a namespace created a moment ago is read from
+// the API server.
 func (s *ClusterPolicies) Candidates(ctx context.Context, pod *corev1.Pod) ([]*klockv1alpha1.ClusterLockPolicy, error) {
 	var list klockv1alpha1.ClusterLockPolicyList
 	if err := s.cache.List(ctx, &list); err != nil {
@@ -68,7 +55,8 @@ func (s *ClusterPolicies) Candidates(ctx context.Context, pod *corev1.Pod) ([]*k
 	return Candidates(list.Items, pod, ns.Labels), nil
 }
 
-// Current implements PolicySource.
+// Current fails unless the cache holds policy name at generation
+// generation or later.
 func (s *ClusterPolicies) Current(ctx context.Context, name string, generation int64) error {
 	var p klockv1alpha1.ClusterLockPolicy
 	if err := s.cache.Get(ctx, types.NamespacedName{Name: name}, &p); err != nil {
@@ -80,7 +68,9 @@ func (s *ClusterPolicies) Current(ctx context.Context, name string, generation i
 	return nil
 }
 
-// Workload implements PolicySource.
+// Workload returns the top of pod's chain of controllers: the CronJob of
+// a Job's pod, the Deployment of a ReplicaSet's, else the pod's own
+// controller, or the pod itself.
 func (s *ClusterPolicies) Workload(ctx context.Context, pod *corev1.Pod) (Workload, error) {
 	ref := metav1.GetControllerOf(pod)
 	if ref == nil {

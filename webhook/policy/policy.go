@@ -1,4 +1,14 @@
-package webhook
+// Package policy decides which ClusterLockPolicy applies to a pod, and
+// keeps the webhook configuration following the policies. Candidates and
+// ApplyPolicies are pure: they pick the policy by selectors, workload kind
+// and priority, and write what it says on the pod as the klock.io/
+// annotations that say the same, for wrap.Mutate to act on. ClusterPolicies
+// reads the policies, namespaces and a pod's workload for the pod handler.
+// Reconciler, on the leader, gives each valid policy its own entry in the
+// MutatingWebhookConfiguration (PolicyWebhook) and keeps the policies'
+// status. Workloads are judged by their pod templates (WorkloadTemplate),
+// as the Lease access controller judges them too.
+package policy
 
 import (
 	"cmp"
@@ -16,7 +26,10 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
 	klockv1alpha1 "github.com/klock-io/klock/api/v1alpha1"
+	"github.com/klock-io/klock/webhook/wrap"
 )
+
+var annotationsPath = field.NewPath("metadata", "annotations")
 
 // Workload is a pod's controlling workload as policies see it: the top of
 // its chain of controllers, so a CronJob rather than the Job it made.
@@ -58,10 +71,10 @@ func ValidatePolicy(p *klockv1alpha1.ClusterLockPolicy) error {
 	}
 	// A pod with a lease of its own, so that only the options are checked:
 	// the template is checked by the schema, and rendered per pod.
-	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{AnnotationLease: "check"}}}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{wrap.AnnotationLease: "check"}}}
 	values, _ := policyAnnotations(p, pod, Workload{})
-	values[AnnotationLease] = "check"
-	if _, ferrs := lockFlags(values); len(ferrs) > 0 {
+	values[wrap.AnnotationLease] = "check"
+	if _, ferrs := wrap.Flags(values); len(ferrs) > 0 {
 		for _, e := range ferrs {
 			errs = append(errs, field.Invalid(spec, e.BadValue, "klock does not accept the options: "+e.Detail))
 		}
@@ -79,10 +92,10 @@ func matches(s *metav1.LabelSelector, set map[string]string) bool {
 
 // ApplyPolicies puts the policy that applies to pod, among candidates, on
 // the pod as annotations: each option the pod does not set itself, the
-// rendered lease name, and AnnotationPolicy. Mutate then wraps the pod as
-// if its author had written them. Of the candidates, those whose workload
-// kinds include w's apply; the highest priority wins, and a tie at the top
-// is an error naming the tied policies. A pod annotated klock.io/skip:
+// rendered lease name, and wrap.AnnotationPolicy. wrap.Mutate then wraps
+// the pod as if its author had written them. Of the candidates, those whose
+// workload kinds include w's apply; the highest priority wins, and a tie at
+// the top is an error naming the tied policies. A pod annotated klock.io/skip:
 // "true" is left alone when the policy allows it, and denied when not.
 // The policy returned is the one applied, if any.
 func ApplyPolicies(pod *corev1.Pod, candidates []*klockv1alpha1.ClusterLockPolicy, w Workload) (applied *klockv1alpha1.ClusterLockPolicy, warnings []string, err error) {
@@ -113,13 +126,13 @@ func ApplyPolicies(pod *corev1.Pod, candidates []*klockv1alpha1.ClusterLockPolic
 		warnings = append(warnings, fmt.Sprintf("ClusterLockPolicy %s (priority %d) also selects this pod, and gives way to %s (priority %d)", q.Name, q.Spec.Priority, p.Name, p.Spec.Priority))
 	}
 
-	if skip, ok := pod.Annotations[AnnotationSkip]; ok {
+	if skip, ok := pod.Annotations[wrap.AnnotationSkip]; ok {
 		on, perr := strconv.ParseBool(skip)
 		switch {
 		case perr != nil:
-			return nil, nil, field.Invalid(annotationsPath.Key(AnnotationSkip), skip, `must be "true" or "false"`)
+			return nil, nil, field.Invalid(annotationsPath.Key(wrap.AnnotationSkip), skip, `must be "true" or "false"`)
 		case on && !p.Spec.AllowSkip:
-			return nil, nil, field.Forbidden(annotationsPath.Key(AnnotationSkip), fmt.Sprintf("ClusterLockPolicy %s selects this pod and does not allow it to skip the lock: remove the annotation, or set allowSkip: true on the policy", p.Name))
+			return nil, nil, field.Forbidden(annotationsPath.Key(wrap.AnnotationSkip), fmt.Sprintf("ClusterLockPolicy %s selects this pod and does not allow it to skip the lock: remove the annotation, or set allowSkip: true on the policy", p.Name))
 		case on:
 			return nil, warnings, nil
 		}
@@ -137,7 +150,7 @@ func ApplyPolicies(pod *corev1.Pod, candidates []*klockv1alpha1.ClusterLockPolic
 			pod.Annotations[k] = v
 		}
 	}
-	pod.Annotations[AnnotationPolicy] = p.Name
+	pod.Annotations[wrap.AnnotationPolicy] = p.Name
 	return p, warnings, nil
 }
 
@@ -146,36 +159,36 @@ func ApplyPolicies(pod *corev1.Pod, candidates []*klockv1alpha1.ClusterLockPolic
 func policyAnnotations(p *klockv1alpha1.ClusterLockPolicy, pod *corev1.Pod, w Workload) (map[string]string, error) {
 	s := p.Spec
 	out := map[string]string{}
-	if _, own := pod.Annotations[AnnotationLease]; !own {
+	if _, own := pod.Annotations[wrap.AnnotationLease]; !own {
 		lease, err := RenderLease(cmp.Or(s.Lease, klockv1alpha1.DefaultLease), pod.Namespace, w, pod.Labels)
 		if err != nil {
 			return nil, fmt.Errorf("ClusterLockPolicy %s selects this pod, but its lease %q cannot be named for it: %w", p.Name, s.Lease, err)
 		}
-		out[AnnotationLease] = lease
+		out[wrap.AnnotationLease] = lease
 	}
 	set := func(key, value string) {
 		if value != "" {
 			out[key] = value
 		}
 	}
-	set(AnnotationContainer, s.Container)
-	set(AnnotationWait, s.Wait)
+	set(wrap.AnnotationContainer, s.Container)
+	set(wrap.AnnotationWait, s.Wait)
 	if s.ConflictExitCode != nil {
-		out[AnnotationConflictExitCode] = strconv.Itoa(int(*s.ConflictExitCode))
+		out[wrap.AnnotationConflictExitCode] = strconv.Itoa(int(*s.ConflictExitCode))
 	}
-	set(AnnotationLeaseDuration, s.LeaseDuration)
-	set(AnnotationRenewDeadline, s.RenewDeadline)
-	set(AnnotationRetryPeriod, s.RetryPeriod)
-	set(AnnotationSignal, s.Signal)
-	set(AnnotationKillAfter, s.KillAfter)
+	set(wrap.AnnotationLeaseDuration, s.LeaseDuration)
+	set(wrap.AnnotationRenewDeadline, s.RenewDeadline)
+	set(wrap.AnnotationRetryPeriod, s.RetryPeriod)
+	set(wrap.AnnotationSignal, s.Signal)
+	set(wrap.AnnotationKillAfter, s.KillAfter)
 	if s.CleanupLease {
-		out[AnnotationCleanupLease] = "true"
+		out[wrap.AnnotationCleanupLease] = "true"
 	}
 	var pairs []string
 	for _, k := range slices.Sorted(maps.Keys(s.Labels)) {
 		pairs = append(pairs, k+"="+s.Labels[k])
 	}
-	set(AnnotationLabels, strings.Join(pairs, ","))
+	set(wrap.AnnotationLabels, strings.Join(pairs, ","))
 	return out, nil
 }
 

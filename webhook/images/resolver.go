@@ -1,4 +1,8 @@
-package webhook
+// Package images reads what an image runs: the ENTRYPOINT and CMD in its
+// config, from its registry, with the credentials the kubelet would use,
+// for the platform the pod will run on, and keeps what it read by digest.
+// The pod handler asks it when a container sets no command.
+package images
 
 import (
 	"context"
@@ -15,37 +19,39 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/lru"
+
+	"github.com/klock-io/klock/webhook/wrap"
 )
 
-// RegistryResolver reads ENTRYPOINT and CMD from image configs in their
+// Resolver reads ENTRYPOINT and CMD from image configs in their
 // registries, with the credentials the kubelet would use: the pod's
 // imagePullSecrets and its service account's. Configs are cached by the
 // digest of what the reference names, and by platform; a reference by tag
 // still costs one manifest request (HEAD) to learn the digest, since tags
 // move.
-type RegistryResolver struct {
+type Resolver struct {
 	client   kubernetes.Interface
 	platform v1.Platform
 	cache    *lru.Cache
 	opts     []remote.Option
 }
 
-// NewRegistryResolver returns a resolver that reads pull secrets with
+// NewResolver returns a resolver that reads pull secrets with
 // client, picks platform for images that have several unless the pod's
 // nodeSelector names an OS or architecture, and caches up to cacheSize
 // configs. transport may be nil.
-func NewRegistryResolver(client kubernetes.Interface, platform v1.Platform, cacheSize int, transport http.RoundTripper) *RegistryResolver {
-	r := &RegistryResolver{client: client, platform: platform, cache: lru.New(cacheSize)}
+func NewResolver(client kubernetes.Interface, platform v1.Platform, cacheSize int, transport http.RoundTripper) *Resolver {
+	r := &Resolver{client: client, platform: platform, cache: lru.New(cacheSize)}
 	if transport != nil {
 		r.opts = append(r.opts, remote.WithTransport(transport))
 	}
 	return r
 }
 
-var _ ImageResolver = &RegistryResolver{}
-
-// Resolve implements ImageResolver.
-func (r *RegistryResolver) Resolve(ctx context.Context, pod *corev1.Pod, c *corev1.Container) (*ImageCommand, error) {
+// Resolve returns what container c of pod runs when it sets no command:
+// its image's ENTRYPOINT and CMD. An error says why the image could not be
+// read.
+func (r *Resolver) Resolve(ctx context.Context, pod *corev1.Pod, c *corev1.Container) (*wrap.ImageCommand, error) {
 	ref, err := name.ParseReference(c.Image)
 	if err != nil {
 		return nil, fmt.Errorf("cannot parse the image reference: %w", err)
@@ -54,7 +60,7 @@ func (r *RegistryResolver) Resolve(ctx context.Context, pod *corev1.Pod, c *core
 	digest, byDigest := ref.(name.Digest)
 	if byDigest {
 		if cached, ok := r.cache.Get(cacheKey(digest, platform)); ok {
-			return cached.(*ImageCommand), nil // no request at all
+			return cached.(*wrap.ImageCommand), nil // no request at all
 		}
 	}
 	keychain, err := r.keychain(ctx, pod)
@@ -69,7 +75,7 @@ func (r *RegistryResolver) Resolve(ctx context.Context, pod *corev1.Pod, c *core
 		}
 		digest = ref.Context().Digest(desc.Digest.String())
 		if cached, ok := r.cache.Get(cacheKey(digest, platform)); ok {
-			return cached.(*ImageCommand), nil
+			return cached.(*wrap.ImageCommand), nil
 		}
 	}
 	img, err := remote.Image(digest, append(opts, remote.WithPlatform(platform))...)
@@ -80,7 +86,7 @@ func (r *RegistryResolver) Resolve(ctx context.Context, pod *corev1.Pod, c *core
 	if err != nil {
 		return nil, err
 	}
-	cmd := &ImageCommand{Entrypoint: cfg.Config.Entrypoint, Cmd: cfg.Config.Cmd}
+	cmd := &wrap.ImageCommand{Entrypoint: cfg.Config.Entrypoint, Cmd: cfg.Config.Cmd}
 	r.cache.Add(cacheKey(digest, platform), cmd)
 	return cmd, nil
 }
@@ -96,7 +102,7 @@ func explain(err error) error {
 	return err
 }
 
-func (r *RegistryResolver) keychain(ctx context.Context, pod *corev1.Pod) (authn.Keychain, error) {
+func (r *Resolver) keychain(ctx context.Context, pod *corev1.Pod) (authn.Keychain, error) {
 	var secrets []string
 	for _, s := range pod.Spec.ImagePullSecrets {
 		secrets = append(secrets, s.Name)
@@ -114,7 +120,7 @@ func (r *RegistryResolver) keychain(ctx context.Context, pod *corev1.Pod) (authn
 
 // platformFor is the platform the pod will run on, as far as admission can
 // tell: its nodeSelector, else the resolver's default.
-func (r *RegistryResolver) platformFor(pod *corev1.Pod) v1.Platform {
+func (r *Resolver) platformFor(pod *corev1.Pod) v1.Platform {
 	p := r.platform
 	if os, ok := pod.Spec.NodeSelector[corev1.LabelOSStable]; ok {
 		p.OS = os

@@ -1,4 +1,4 @@
-package webhook
+package wrap_test
 
 import (
 	"strings"
@@ -6,50 +6,27 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/klock-io/klock/webhook/internal/builders"
+	"github.com/klock-io/klock/webhook/wrap"
 )
 
-var testOptions = Options{Image: "ghcr.io/klock-io/klock:v1", ImagePullPolicy: corev1.PullIfNotPresent}
-
-func resourceMust(s string) resource.Quantity { return resource.MustParse(s) }
-
-// wantInstaller spells out the init container, so that a change to it is a
-// change to this test too.
-func wantInstaller() corev1.Container {
-	return corev1.Container{
-		Name:            "klock-install",
-		Image:           "ghcr.io/klock-io/klock:v1",
-		ImagePullPolicy: corev1.PullIfNotPresent,
-		Command:         []string{"/klock", "install", "/klock-bin/klock"},
-		VolumeMounts:    []corev1.VolumeMount{{Name: "klock-bin", MountPath: "/klock-bin"}},
-		Resources: corev1.ResourceRequirements{
-			Requests: corev1.ResourceList{corev1.ResourceCPU: resourceMust("10m"), corev1.ResourceMemory: resourceMust("16Mi")},
-			Limits:   corev1.ResourceList{corev1.ResourceCPU: resourceMust("200m"), corev1.ResourceMemory: resourceMust("64Mi")},
-		},
-		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
-		SecurityContext: &corev1.SecurityContext{
-			RunAsNonRoot: ptr(true), RunAsUser: ptr(int64(65532)), ReadOnlyRootFilesystem: ptr(true),
-			AllowPrivilegeEscalation: ptr(false),
-			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
-			SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
-		},
-	}
-}
+var testOptions = wrap.Options{Image: "ghcr.io/klock-io/klock:v1", ImagePullPolicy: corev1.PullIfNotPresent}
 
 func TestMutate(t *testing.T) {
-	job := func() *podWrapper { return MakePod("p", "ns").Lease("nightly") }
-	image := &ImageCommand{Entrypoint: []string{"/entry", "--from-image"}, Cmd: []string{"serve", "$(NOT_A_VAR)"}}
+	job := func() *builders.PodBuilder { return builders.MakePod("p", "ns").Lease("nightly") }
+	image := &wrap.ImageCommand{Entrypoint: []string{"/entry", "--from-image"}, Cmd: []string{"serve", "$(NOT_A_VAR)"}}
 	for _, tc := range []struct {
 		name         string
 		pod          *corev1.Pod
-		image        *ImageCommand
+		image        *wrap.ImageCommand
 		want         *corev1.Pod
 		wantWarnings []string
 	}{
 		{
 			name: "no annotation: untouched",
-			pod:  MakePod("p", "ns").Container("app", "busybox", "sh").Obj(),
-			want: MakePod("p", "ns").Container("app", "busybox", "sh").Obj(),
+			pod:  builders.MakePod("p", "ns").Container("app", "busybox", "sh").Obj(),
+			want: builders.MakePod("p", "ns").Container("app", "busybox", "sh").Obj(),
 		},
 		{
 			name: "command and args are folded into klock's argv",
@@ -73,36 +50,36 @@ func TestMutate(t *testing.T) {
 		},
 		{
 			name: "annotations become flags, in a fixed order; cleanup-lease false adds none",
-			pod: job().Annotation(AnnotationLabels, "team=data").Annotation(AnnotationWait, "30s").
-				Annotation(AnnotationConflictExitCode, "0").Annotation(AnnotationSignal, "INT").
-				Annotation(AnnotationKillAfter, "5").Annotation(AnnotationLeaseDuration, "20s").
-				Annotation(AnnotationRenewDeadline, "12s").Annotation(AnnotationRetryPeriod, "1s").
-				Annotation(AnnotationCleanupLease, "false").Container("app", "busybox", "true").Obj(),
-			want: job().Annotation(AnnotationLabels, "team=data").Annotation(AnnotationWait, "30s").
-				Annotation(AnnotationConflictExitCode, "0").Annotation(AnnotationSignal, "INT").
-				Annotation(AnnotationKillAfter, "5").Annotation(AnnotationLeaseDuration, "20s").
-				Annotation(AnnotationRenewDeadline, "12s").Annotation(AnnotationRetryPeriod, "1s").
-				Annotation(AnnotationCleanupLease, "false").Container("app", "busybox", "true").
+			pod: job().Annotation(wrap.AnnotationLabels, "team=data").Annotation(wrap.AnnotationWait, "30s").
+				Annotation(wrap.AnnotationConflictExitCode, "0").Annotation(wrap.AnnotationSignal, "INT").
+				Annotation(wrap.AnnotationKillAfter, "5").Annotation(wrap.AnnotationLeaseDuration, "20s").
+				Annotation(wrap.AnnotationRenewDeadline, "12s").Annotation(wrap.AnnotationRetryPeriod, "1s").
+				Annotation(wrap.AnnotationCleanupLease, "false").Container("app", "busybox", "true").Obj(),
+			want: job().Annotation(wrap.AnnotationLabels, "team=data").Annotation(wrap.AnnotationWait, "30s").
+				Annotation(wrap.AnnotationConflictExitCode, "0").Annotation(wrap.AnnotationSignal, "INT").
+				Annotation(wrap.AnnotationKillAfter, "5").Annotation(wrap.AnnotationLeaseDuration, "20s").
+				Annotation(wrap.AnnotationRenewDeadline, "12s").Annotation(wrap.AnnotationRetryPeriod, "1s").
+				Annotation(wrap.AnnotationCleanupLease, "false").Container("app", "busybox", "true").
 				Wrapped(0, "/klock-bin/klock", "--lease=nightly", "--wait=30s", "--conflict-exit-code=0",
 					"--lease-duration=20s", "--renew-deadline=12s", "--retry-period=1s", "--signal=INT",
 					"--kill-after=5", "--labels=team=data", "--", "true").Obj(),
 		},
 		{
 			name: "cleanup-lease true",
-			pod:  job().Annotation(AnnotationCleanupLease, "true").Container("app", "busybox", "true").Obj(),
-			want: job().Annotation(AnnotationCleanupLease, "true").Container("app", "busybox", "true").
+			pod:  job().Annotation(wrap.AnnotationCleanupLease, "true").Container("app", "busybox", "true").Obj(),
+			want: job().Annotation(wrap.AnnotationCleanupLease, "true").Container("app", "busybox", "true").
 				Wrapped(0, "/klock-bin/klock", "--lease=nightly", "--cleanup-lease=true", "--", "true").Obj(),
 		},
 		{
 			name: "klock.io/container picks the container",
-			pod:  job().Annotation(AnnotationContainer, "main").Container("proxy", "envoy", "envoy").Container("main", "busybox", "work").Obj(),
-			want: job().Annotation(AnnotationContainer, "main").Container("proxy", "envoy", "envoy").Container("main", "busybox", "work").
+			pod:  job().Annotation(wrap.AnnotationContainer, "main").Container("proxy", "envoy", "envoy").Container("main", "busybox", "work").Obj(),
+			want: job().Annotation(wrap.AnnotationContainer, "main").Container("proxy", "envoy", "envoy").Container("main", "busybox", "work").
 				Wrapped(1, "/klock-bin/klock", "--lease=nightly", "--", "work").Obj(),
 		},
 		{
 			name: "kubectl's default container",
-			pod:  job().Annotation(AnnotationDefaultContainer, "main").Container("proxy", "envoy", "envoy").Container("main", "busybox", "work").Obj(),
-			want: job().Annotation(AnnotationDefaultContainer, "main").Container("proxy", "envoy", "envoy").Container("main", "busybox", "work").
+			pod:  job().Annotation(wrap.AnnotationDefaultContainer, "main").Container("proxy", "envoy", "envoy").Container("main", "busybox", "work").Obj(),
+			want: job().Annotation(wrap.AnnotationDefaultContainer, "main").Container("proxy", "envoy", "envoy").Container("main", "busybox", "work").
 				Wrapped(1, "/klock-bin/klock", "--lease=nightly", "--", "work").Obj(),
 		},
 		{
@@ -130,7 +107,7 @@ func TestMutate(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := tc.pod.DeepCopy()
-			warnings, err := Mutate(got, testOptions, tc.image)
+			warnings, err := wrap.Mutate(got, testOptions, tc.image)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -143,47 +120,47 @@ func TestMutate(t *testing.T) {
 
 			// Reinvocation and re-applies change nothing more.
 			again := got.DeepCopy()
-			if _, err := Mutate(again, testOptions, tc.image); err != nil {
-				t.Fatalf("second Mutate: %v", err)
+			if _, err := wrap.Mutate(again, testOptions, tc.image); err != nil {
+				t.Fatalf("second wrap.Mutate: %v", err)
 			}
 			if diff := cmp.Diff(got, again); diff != "" {
-				t.Errorf("second Mutate changed the pod (-first,+second):\n%s", diff)
+				t.Errorf("second wrap.Mutate changed the pod (-first,+second):\n%s", diff)
 			}
 		})
 	}
 }
 
 func TestMutateDenies(t *testing.T) {
-	job := func() *podWrapper { return MakePod("p", "ns").Lease("nightly") }
+	job := func() *builders.PodBuilder { return builders.MakePod("p", "ns").Lease("nightly") }
 	for _, tc := range []struct {
 		name  string
 		pod   *corev1.Pod
-		image *ImageCommand
+		image *wrap.ImageCommand
 		want  []string // each must appear in the message
 	}{
-		{name: "invalid lease name", pod: MakePod("p", "ns").Lease("Nightly_Job").Container("app", "busybox", "x").Obj(),
+		{name: "invalid lease name", pod: builders.MakePod("p", "ns").Lease("Nightly_Job").Container("app", "busybox", "x").Obj(),
 			want: []string{`metadata.annotations[klock.io/lease]: Invalid value: "Nightly_Job"`, "RFC 1123"}},
-		{name: "bad duration", pod: job().Annotation(AnnotationWait, "soon").Container("app", "busybox", "x").Obj(),
+		{name: "bad duration", pod: job().Annotation(wrap.AnnotationWait, "soon").Container("app", "busybox", "x").Obj(),
 			want: []string{`metadata.annotations[klock.io/wait]: Invalid value: "soon"`, "give one such as 30s"}},
-		{name: "bad exit code", pod: job().Annotation(AnnotationConflictExitCode, "300").Container("app", "busybox", "x").Obj(),
+		{name: "bad exit code", pod: job().Annotation(wrap.AnnotationConflictExitCode, "300").Container("app", "busybox", "x").Obj(),
 			want: []string{`metadata.annotations[klock.io/conflict-exit-code]: Invalid value: "300"`, "0 to 255"}},
-		{name: "bad signal", pod: job().Annotation(AnnotationSignal, "NOPE").Container("app", "busybox", "x").Obj(),
+		{name: "bad signal", pod: job().Annotation(wrap.AnnotationSignal, "NOPE").Container("app", "busybox", "x").Obj(),
 			want: []string{`metadata.annotations[klock.io/signal]: Invalid value: "NOPE"`, "give a number or one of"}},
-		{name: "bad bool", pod: job().Annotation(AnnotationCleanupLease, "yes please").Container("app", "busybox", "x").Obj(),
+		{name: "bad bool", pod: job().Annotation(wrap.AnnotationCleanupLease, "yes please").Container("app", "busybox", "x").Obj(),
 			want: []string{`metadata.annotations[klock.io/cleanup-lease]: Invalid value: "yes please"`, `"true" or "false"`}},
-		{name: "bad labels", pod: job().Annotation(AnnotationLabels, "novalue").Container("app", "busybox", "x").Obj(),
+		{name: "bad labels", pod: job().Annotation(wrap.AnnotationLabels, "novalue").Container("app", "busybox", "x").Obj(),
 			want: []string{`metadata.annotations[klock.io/labels]: Invalid value: "novalue"`, "key=value"}},
-		{name: "fractional lease duration", pod: job().Annotation(AnnotationLeaseDuration, "1500ms").Container("app", "busybox", "x").Obj(),
+		{name: "fractional lease duration", pod: job().Annotation(wrap.AnnotationLeaseDuration, "1500ms").Container("app", "busybox", "x").Obj(),
 			want: []string{"klock.io/ annotations do not fit together", "whole number of seconds"}},
-		{name: "renew deadline past the lease duration", pod: job().Annotation(AnnotationRenewDeadline, "20s").Container("app", "busybox", "x").Obj(),
+		{name: "renew deadline past the lease duration", pod: job().Annotation(wrap.AnnotationLeaseDuration, "15s").Annotation(wrap.AnnotationRenewDeadline, "20s").Container("app", "busybox", "x").Obj(),
 			want: []string{"below the lease duration 15s"}},
-		{name: "several mistakes are all reported", pod: job().Annotation(AnnotationWait, "soon").Annotation(AnnotationSignal, "NOPE").Container("app", "busybox", "x").Obj(),
+		{name: "several mistakes are all reported", pod: job().Annotation(wrap.AnnotationWait, "soon").Annotation(wrap.AnnotationSignal, "NOPE").Container("app", "busybox", "x").Obj(),
 			want: []string{"klock.io/wait", "klock.io/signal"}},
-		{name: "a named container that does not exist", pod: job().Annotation(AnnotationContainer, "mian").Container("main", "busybox", "x").Obj(),
+		{name: "a named container that does not exist", pod: job().Annotation(wrap.AnnotationContainer, "mian").Container("main", "busybox", "x").Obj(),
 			want: []string{`metadata.annotations[klock.io/container]: Not found: "mian (the pod's containers are main)"`}},
 		{name: "no command and no image entrypoint known", pod: job().Container("app", "img").Obj(),
 			want: []string{"spec.containers[0].command: Required value", "set command (and args) in the pod spec"}},
-		{name: "an image that runs nothing", pod: job().Container("app", "img").Obj(), image: &ImageCommand{},
+		{name: "an image that runs nothing", pod: job().Container("app", "img").Obj(), image: &wrap.ImageCommand{},
 			want: []string{`image "img" has neither ENTRYPOINT nor CMD`}},
 		{name: "the volume name is taken", pod: job().Volume("klock-bin").Container("app", "busybox", "x").Obj(),
 			want: []string{`spec.volumes[0].name: Invalid value: "klock-bin": this name is reserved for klock`}},
@@ -199,7 +176,7 @@ func TestMutateDenies(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := tc.pod.DeepCopy()
-			_, err := Mutate(got, testOptions, tc.image)
+			_, err := wrap.Mutate(got, testOptions, tc.image)
 			if err == nil {
 				t.Fatal("admitted")
 			}

@@ -1,4 +1,4 @@
-package webhook
+package wrap_test
 
 import (
 	"slices"
@@ -8,21 +8,23 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/klock-io/klock/internal/cli"
+	"github.com/klock-io/klock/webhook/internal/builders"
+	"github.com/klock-io/klock/webhook/wrap"
 )
 
-// FuzzMutate: whatever the annotations and argv, Mutate does not panic,
+// FuzzMutate: whatever the annotations and argv, wrap.Mutate does not panic,
 // and what it admits is wrapped exactly once, runs the original argv
 // verbatim, and hands klock flags that klock accepts.
-// `go test -fuzz FuzzMutate ./webhook` explores; `go test` runs the seeds.
+// `go test -fuzz FuzzMutate ./webhook/wrap` explores; `go test` runs the seeds.
 func FuzzMutate(f *testing.F) {
 	f.Add("nightly", "30s", "0", "TERM", "5", "team=a", "true", "sh\x00-c\x00echo $(X)", "a\x00b", false)
 	f.Add("Bad_Name", "soon", "300", "NOPE", "-1", "novalue", "maybe", "", "", true)
 	f.Add("x", "", "", "", "", "", "", "", "args\x00only", true)
 	f.Add("a.b-c", "1.5", "255", "9", "NaN", "k=v,k2=", "false", "--\x00-x", "", false)
 	f.Fuzz(func(t *testing.T, lease, wait, exitCode, signal, killAfter, labels, cleanup, command, args string, withImage bool) {
-		pod := MakePod("p", "ns").Lease(lease).Obj()
-		for k, v := range map[string]string{AnnotationWait: wait, AnnotationConflictExitCode: exitCode, AnnotationSignal: signal,
-			AnnotationKillAfter: killAfter, AnnotationLabels: labels, AnnotationCleanupLease: cleanup} {
+		pod := builders.MakePod("p", "ns").Lease(lease).Obj()
+		for k, v := range map[string]string{wrap.AnnotationWait: wait, wrap.AnnotationConflictExitCode: exitCode, wrap.AnnotationSignal: signal,
+			wrap.AnnotationKillAfter: killAfter, wrap.AnnotationLabels: labels, wrap.AnnotationCleanupLease: cleanup} {
 			if v != "" {
 				pod.Annotations[k] = v
 			}
@@ -35,19 +37,19 @@ func FuzzMutate(f *testing.F) {
 			c.Args = strings.Split(args, "\x00")
 		}
 		pod.Spec.Containers = []corev1.Container{c}
-		var image *ImageCommand
+		var image *wrap.ImageCommand
 		if withImage {
-			image = &ImageCommand{Entrypoint: []string{"/entry"}, Cmd: []string{"$(cmd)"}}
+			image = &wrap.ImageCommand{Entrypoint: []string{"/entry"}, Cmd: []string{"$(cmd)"}}
 		}
 
 		before := pod.DeepCopy()
-		if _, err := Mutate(pod, testOptions, image); err != nil {
+		if _, err := wrap.Mutate(pod, testOptions, image); err != nil {
 			if !slices.EqualFunc(before.Spec.Containers, pod.Spec.Containers, func(a, b corev1.Container) bool { return a.Name == b.Name && slices.Equal(a.Command, b.Command) }) {
 				t.Fatal("a denied pod was changed")
 			}
 			return
 		}
-		if !Wrapped(pod) || len(pod.Spec.InitContainers) != 1 || len(pod.Spec.Volumes) != 1 {
+		if !wrap.Wrapped(pod) || len(pod.Spec.InitContainers) != 1 || len(pod.Spec.Volumes) != 1 {
 			t.Fatalf("admitted but not wrapped once: %+v", pod.Spec)
 		}
 		got := pod.Spec.Containers[0].Command

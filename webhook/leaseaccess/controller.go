@@ -1,17 +1,13 @@
-package webhook
+package leaseaccess
 
 import (
 	"cmp"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"slices"
 	"strings"
 	"time"
 
-	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
-	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -26,32 +22,25 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	klockv1alpha1 "github.com/klock-io/klock/api/v1alpha1"
+	"github.com/klock-io/klock/webhook/policy"
+	"github.com/klock-io/klock/webhook/wrap"
 )
 
-// Which wrapped workloads get a Role for their Lease (--lease-access).
+// Modes: which wrapped workloads get a Role for their Lease
+// (--lease-access).
 const (
-	LeaseAccessOff    = "off"
-	LeaseAccessPolicy = "policy" // those whose policy sets grantLeaseAccess
-	LeaseAccessAll    = "all"    // every wrapped workload
+	ModeOff    = "off"
+	ModePolicy = "policy" // those whose policy sets grantLeaseAccess
+	ModeAll    = "all"    // every wrapped workload
 )
 
-// Labels on the Roles and RoleBindings the webhook keeps.
-const (
-	managedByLabel = "app.kubernetes.io/managed-by"
-	managedByValue = "klock-webhook"
-)
-
-// managedBy are the labels of the Roles and RoleBindings the webhook
-// keeps; a new map each time, since objects own their labels.
-func managedBy() map[string]string { return map[string]string{managedByLabel: managedByValue} }
-
-// LeaseAccessReconciler keeps, for each wrapped workload that should have
-// it, a Role and a RoleBinding that let the workload's service account use
-// its Lease and no other: get, watch and update (and delete with
-// cleanup-lease) on that name alone, and create, which RBAC cannot limit
-// by name. They are owned by the workload, so they go when it goes, and
-// are deleted when it stops being wrapped or granted.
-type LeaseAccessReconciler struct {
+// Reconciler keeps, for each wrapped workload that should have it, a Role
+// and a RoleBinding that let the workload's service account use its Lease
+// and no other: get, watch and update (and delete with cleanup-lease) on
+// that name alone, and create, which RBAC cannot limit by name. They are
+// owned by the workload, so they go when it goes, and are deleted when it
+// stops being wrapped or granted.
+type Reconciler struct {
 	Client client.Client
 	// API reads pods' metadata when a Role is narrowed or removed.
 	API  client.Reader
@@ -62,8 +51,8 @@ type LeaseAccessReconciler struct {
 }
 
 // SetupWithManager runs one controller per workload kind, on the leader.
-func (r *LeaseAccessReconciler) SetupWithManager(mgr ctrl.Manager) error {
-	for _, obj := range workloadObjects() {
+func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
+	for _, obj := range policy.WorkloadObjects() {
 		gvk, err := mgr.GetClient().GroupVersionKindFor(obj)
 		if err != nil {
 			return err
@@ -92,26 +81,23 @@ func (r *LeaseAccessReconciler) SetupWithManager(mgr ctrl.Manager) error {
 }
 
 // requestsFor lists the workloads of obj's kind, in namespace ns or all.
-func (r *LeaseAccessReconciler) requestsFor(ctx context.Context, obj client.Object, ns string) []reconcile.Request {
-	list, err := listFor(r.Client, obj)
+func (r *Reconciler) requestsFor(ctx context.Context, obj client.Object, ns string) []reconcile.Request {
+	items, err := policy.ListWorkloads(ctx, r.Client, obj, client.InNamespace(ns))
 	if err != nil {
 		return nil
 	}
-	if err := r.Client.List(ctx, list, client.InNamespace(ns)); err != nil {
-		return nil
-	}
 	var reqs []reconcile.Request
-	_ = metaEach(list, func(o client.Object) {
+	for _, o := range items {
 		reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(o)})
-	})
+	}
 	return reqs
 }
 
-func (r *LeaseAccessReconciler) reconcile(ctx context.Context, obj client.Object, key types.NamespacedName) (reconcile.Result, error) {
+func (r *Reconciler) reconcile(ctx context.Context, obj client.Object, key types.NamespacedName) (reconcile.Result, error) {
 	if err := r.Client.Get(ctx, key, obj); err != nil {
 		return reconcile.Result{}, client.IgnoreNotFound(err) // its Role goes by garbage collection
 	}
-	w, ok := templateOf(obj)
+	w, ok := policy.TemplateOf(obj)
 	if !ok {
 		return reconcile.Result{}, nil
 	}
@@ -138,7 +124,7 @@ func (r *LeaseAccessReconciler) reconcile(ctx context.Context, obj client.Object
 
 	role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: name}}
 	if _, err := controllerutil.CreateOrUpdate(ctx, r.Client, role, func() error {
-		metav1.SetMetaDataLabel(&role.ObjectMeta, managedByLabel, managedByValue)
+		metav1.SetMetaDataLabel(&role.ObjectMeta, wrap.LabelManagedBy, wrap.ManagedByWebhook)
 		role.Rules = grant.rules()
 		return setOwner(obj, role, r.Client)
 	}); err != nil {
@@ -146,7 +132,7 @@ func (r *LeaseAccessReconciler) reconcile(ctx context.Context, obj client.Object
 	}
 	binding := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: name}}
 	if _, err := controllerutil.CreateOrUpdate(ctx, r.Client, binding, func() error {
-		metav1.SetMetaDataLabel(&binding.ObjectMeta, managedByLabel, managedByValue)
+		metav1.SetMetaDataLabel(&binding.ObjectMeta, wrap.LabelManagedBy, wrap.ManagedByWebhook)
 		binding.RoleRef = rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: name}
 		binding.Subjects = nil
 		for _, sa := range grant.serviceAccounts {
@@ -166,46 +152,16 @@ func (r *LeaseAccessReconciler) reconcile(ctx context.Context, obj client.Object
 // pods is checked again.
 const inUseRecheck = 2 * time.Minute
 
-// leaseGrant is what a workload's Role and RoleBinding grant: verbs on the
-// named Leases, and create, to its service accounts.
-type leaseGrant struct {
-	serviceAccounts []string
-	leases          []string
-	verbs           []string // on the named Leases
-}
-
-// merge is the union of g and o, either of which may be nil.
-func (g *leaseGrant) merge(o *leaseGrant) *leaseGrant {
-	if g == nil || o == nil {
-		return cmp.Or(g, o)
-	}
-	return &leaseGrant{serviceAccounts: union(g.serviceAccounts, o.serviceAccounts), leases: union(g.leases, o.leases), verbs: union(g.verbs, o.verbs)}
-}
-
-// union is the sorted set of a's and b's elements.
-func union(a, b []string) []string {
-	return slices.Compact(slices.Sorted(slices.Values(append(slices.Clone(a), b...))))
-}
-
-func (g *leaseGrant) rules() []rbacv1.PolicyRule {
-	return []rbacv1.PolicyRule{
-		{APIGroups: []string{coordinationv1.GroupName}, Resources: []string{"leases"}, ResourceNames: g.leases, Verbs: g.verbs},
-		// RBAC checks create before the name is known: it cannot be
-		// limited to one.
-		{APIGroups: []string{coordinationv1.GroupName}, Resources: []string{"leases"}, Verbs: []string{"create"}},
-	}
-}
-
 // grant says what w's service account needs, or nil when w is not
 // wrapped, or not to be granted.
-func (r *LeaseAccessReconciler) grant(ctx context.Context, w workloadTemplate) (*leaseGrant, error) {
-	pod := w.pod()
+func (r *Reconciler) grant(ctx context.Context, w policy.WorkloadTemplate) (*leaseGrant, error) {
+	pod := w.Pod()
 	ns := &metav1.PartialObjectMetadata{}
 	ns.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Namespace"))
 	if err := r.Client.Get(ctx, types.NamespacedName{Name: pod.Namespace}, ns); err != nil {
 		return nil, client.IgnoreNotFound(err)
 	}
-	serves, err := servedBy(ctx, r.Client, r.WebhookConfiguration)
+	serves, err := policy.ServedBy(ctx, r.Client, r.WebhookConfiguration)
 	if err != nil {
 		return nil, err
 	}
@@ -216,17 +172,17 @@ func (r *LeaseAccessReconciler) grant(ctx context.Context, w workloadTemplate) (
 	if err := r.Client.List(ctx, &policies); err != nil {
 		return nil, err
 	}
-	applied, _, err := ApplyPolicies(pod, Candidates(policies.Items, pod, ns.Labels), w.Workload)
-	if err != nil || !Wants(pod) {
+	applied, _, err := policy.ApplyPolicies(pod, policy.Candidates(policies.Items, pod, ns.Labels), w.Workload)
+	if err != nil || !wrap.Wants(pod) {
 		return nil, nil // its pods are denied, or not wrapped: nothing to grant
 	}
-	if r.Mode != LeaseAccessAll && (applied == nil || !applied.Spec.GrantLeaseAccess) {
+	if r.Mode != ModeAll && (applied == nil || !applied.Spec.GrantLeaseAccess) {
 		return nil, nil
 	}
-	verbs := LeaseVerbs(pod.Annotations[AnnotationCleanupLease] == "true")
+	verbs := Verbs(pod.Annotations[wrap.AnnotationCleanupLease] == "true")
 	return &leaseGrant{
 		serviceAccounts: []string{cmp.Or(pod.Spec.ServiceAccountName, "default")},
-		leases:          []string{pod.Annotations[AnnotationLease]},
+		leases:          []string{pod.Annotations[wrap.AnnotationLease]},
 		verbs:           slices.DeleteFunc(verbs, func(v string) bool { return v == "create" }),
 	}, nil
 }
@@ -235,7 +191,7 @@ func (r *LeaseAccessReconciler) grant(ctx context.Context, w workloadTemplate) (
 // pods in ns still use: the Lease names they hold, with the verbs and
 // service accounts they were granted. It reads the pods' metadata from the
 // API server, only when there is such a difference.
-func (r *LeaseAccessReconciler) inUse(ctx context.Context, ns, name string, want *leaseGrant) (*leaseGrant, error) {
+func (r *Reconciler) inUse(ctx context.Context, ns, name string, want *leaseGrant) (*leaseGrant, error) {
 	var role rbacv1.Role
 	if err := r.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &role); err != nil {
 		return nil, client.IgnoreNotFound(err)
@@ -255,7 +211,7 @@ func (r *LeaseAccessReconciler) inUse(ctx context.Context, ns, name string, want
 	}
 	var held []string
 	for _, p := range pods.Items {
-		if lease := p.Annotations[AnnotationLease]; p.Annotations[AnnotationInjected] != "" && slices.Contains(extra, lease) {
+		if lease := p.Annotations[wrap.AnnotationLease]; p.Annotations[wrap.AnnotationInjected] != "" && slices.Contains(extra, lease) {
 			held = append(held, lease)
 		}
 	}
@@ -273,27 +229,9 @@ func (r *LeaseAccessReconciler) inUse(ctx context.Context, ns, name string, want
 	return &leaseGrant{serviceAccounts: union(accounts, nil), leases: union(held, nil), verbs: role.Rules[0].Verbs}, nil
 }
 
-// servedBy returns whether the webhook configuration's pods entry sends
-// pods of a namespace and labels to the webhook: its namespaceSelector
-// (such as the excluded namespaces) and objectSelector.
-func servedBy(ctx context.Context, c client.Reader, configuration string) (func(nsLabels, podLabels map[string]string) bool, error) {
-	var mwc admissionregistrationv1.MutatingWebhookConfiguration
-	if err := c.Get(ctx, types.NamespacedName{Name: configuration}, &mwc); err != nil {
-		return nil, fmt.Errorf("reading MutatingWebhookConfiguration %s: %w", configuration, err)
-	}
-	i := slices.IndexFunc(mwc.Webhooks, func(w admissionregistrationv1.MutatingWebhook) bool { return w.Name == PodsWebhook })
-	if i < 0 {
-		return nil, fmt.Errorf("MutatingWebhookConfiguration %s has no entry %s", configuration, PodsWebhook)
-	}
-	pods := mwc.Webhooks[i]
-	return func(nsLabels, podLabels map[string]string) bool {
-		return matches(pods.NamespaceSelector, nsLabels) && matches(pods.ObjectSelector, podLabels)
-	}, nil
-}
-
 // revoke deletes the Role and RoleBinding named name, if the webhook made
 // them.
-func (r *LeaseAccessReconciler) revoke(ctx context.Context, ns, name string) error {
+func (r *Reconciler) revoke(ctx context.Context, ns, name string) error {
 	for _, obj := range []client.Object{&rbacv1.RoleBinding{}, &rbacv1.Role{}} {
 		if err := r.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, obj); err != nil {
 			if apierrors.IsNotFound(err) {
@@ -301,7 +239,7 @@ func (r *LeaseAccessReconciler) revoke(ctx context.Context, ns, name string) err
 			}
 			return err
 		}
-		if obj.GetLabels()[managedByLabel] != managedByValue {
+		if obj.GetLabels()[wrap.LabelManagedBy] != wrap.ManagedByWebhook {
 			continue // not ours
 		}
 		if err := r.Client.Delete(ctx, obj); client.IgnoreNotFound(err) != nil {
@@ -309,17 +247,6 @@ func (r *LeaseAccessReconciler) revoke(ctx context.Context, ns, name string) err
 		}
 	}
 	return nil
-}
-
-// accessName names a workload's Role and RoleBinding:
-// klock-lease-<kind>-<name>, shortened with a hash when too long.
-func accessName(w Workload) string {
-	name := "klock-lease-" + strings.ToLower(w.Kind) + "-" + w.Name
-	if len(name) <= 253 {
-		return name
-	}
-	sum := sha256.Sum256([]byte(name))
-	return name[:240] + "-" + hex.EncodeToString(sum[:])[:12]
 }
 
 // setOwner makes workload the controller of obj, for garbage collection.

@@ -1,4 +1,10 @@
-package webhook
+// Package leaseaccess is about a wrapped pod's permission to use its Lease.
+// Reviewer asks the API server, at admission, whether the pod's service
+// account may get, create, update and watch the Lease, for the pod handler
+// to warn when it may not. Reconciler (--lease-access) keeps, for each
+// wrapped workload that should have it, a Role and RoleBinding that grant
+// its service account that Lease and no other.
+package leaseaccess
 
 import (
 	"context"
@@ -12,13 +18,15 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/lru"
+
+	"github.com/klock-io/klock/webhook/wrap"
 )
 
-// LeaseAccess asks the API server, with SubjectAccessReviews, whether a
+// Reviewer asks the API server, with SubjectAccessReviews, whether a
 // pod's service account may use its Lease, so that a missing permission is
 // a warning at admission rather than a failure when the pod runs. Answers
 // are kept for accessTTL: the pods of one workload come in bursts.
-type LeaseAccess struct {
+type Reviewer struct {
 	client  kubernetes.Interface
 	answers *lru.Cache // review key → accessAnswer
 }
@@ -30,21 +38,21 @@ type accessAnswer struct {
 	expires  time.Time
 }
 
-// NewLeaseAccess returns a reviewer that uses client.
-func NewLeaseAccess(client kubernetes.Interface) *LeaseAccess {
-	return &LeaseAccess{client: client, answers: lru.New(4096)}
+// NewReviewer returns a reviewer that uses client.
+func NewReviewer(client kubernetes.Interface) *Reviewer {
+	return &Reviewer{client: client, answers: lru.New(4096)}
 }
 
-var _ AccessReviewer = &LeaseAccess{}
-
-// Warnings implements AccessReviewer.
-func (a *LeaseAccess) Warnings(ctx context.Context, pod *corev1.Pod) []string {
-	ns, lease := pod.Namespace, pod.Annotations[AnnotationLease]
+// Warnings says what the pod's service account may not do to the pod's
+// Lease, with the kubectl commands that grant it; nothing when it may do
+// all klock needs.
+func (a *Reviewer) Warnings(ctx context.Context, pod *corev1.Pod) []string {
+	ns, lease := pod.Namespace, pod.Annotations[wrap.AnnotationLease]
 	sa := pod.Spec.ServiceAccountName
 	if sa == "" {
 		sa = "default"
 	}
-	verbs := LeaseVerbs(pod.Annotations[AnnotationCleanupLease] == "true")
+	verbs := Verbs(pod.Annotations[wrap.AnnotationCleanupLease] == "true")
 	key := strings.Join(append([]string{ns, sa, lease}, verbs...), "/")
 	if v, ok := a.answers.Get(key); ok && time.Now().Before(v.(accessAnswer).expires) {
 		return v.(accessAnswer).warnings
@@ -57,7 +65,7 @@ func (a *LeaseAccess) Warnings(ctx context.Context, pod *corev1.Pod) []string {
 	return warnings
 }
 
-func (a *LeaseAccess) review(ctx context.Context, ns, sa, lease string, verbs []string) ([]string, error) {
+func (a *Reviewer) review(ctx context.Context, ns, sa, lease string, verbs []string) ([]string, error) {
 	allowed := make([]bool, len(verbs))
 	errs := make([]error, len(verbs))
 	var wg sync.WaitGroup
@@ -97,10 +105,10 @@ func (a *LeaseAccess) review(ctx context.Context, ns, sa, lease string, verbs []
 		ns, sa, strings.Join(missing, ", "), ns, ns, strings.Join(verbs, ","), ns, sa, ns, sa)}, nil
 }
 
-// LeaseVerbs are the verbs klock uses on its Lease: it reads and watches
+// Verbs are the verbs klock uses on its Lease: it reads and watches
 // it, creates it when missing, renews and releases it by update, and
 // deletes it with cleanup.
-func LeaseVerbs(cleanup bool) []string {
+func Verbs(cleanup bool) []string {
 	verbs := []string{"get", "create", "update", "watch"}
 	if cleanup {
 		verbs = append(verbs, "delete")

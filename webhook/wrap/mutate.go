@@ -1,15 +1,23 @@
-package webhook
+// Package wrap says what wrapping a pod with klock is, as pure functions
+// with no HTTP and no API client in them: which annotations ask for it and
+// the klock flags they stand for (Flags), whether a pod asks (Wants) or is
+// wrapped already (Wrapped), and the change itself (Mutate): an init
+// container copies the klock binary into a shared volume, and the target
+// container's command becomes `klock --lease=<lease> [flags] -- <original
+// argv>`. The admission handlers, the policies and the controllers all
+// build on it, so it imports none of them; keys.go holds the annotation and
+// label keys they share.
+package wrap
 
 import (
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
-	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+	"k8s.io/utils/ptr"
 
 	"github.com/klock-io/klock/internal/cli"
 )
@@ -87,7 +95,7 @@ func Mutate(pod *corev1.Pod, opts Options, image *ImageCommand) (warnings []stri
 		return nil, nil
 	}
 	var errs field.ErrorList
-	flags, ferrs := lockFlags(pod.Annotations)
+	flags, ferrs := Flags(pod.Annotations)
 	errs = append(errs, ferrs...)
 	target, ferr := Target(pod)
 	if ferr != nil {
@@ -126,63 +134,12 @@ func Mutate(pod *corev1.Pod, opts Options, image *ImageCommand) (warnings []stri
 	pod.Spec.Volumes = append(pod.Spec.Volumes, corev1.Volume{
 		Name: VolumeName,
 		VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{
-			Medium: corev1.StorageMediumMemory, SizeLimit: ptr(resource.MustParse("32Mi")),
+			Medium: corev1.StorageMediumMemory, SizeLimit: ptr.To(resource.MustParse("32Mi")),
 		}},
 	})
 	pod.Spec.InitContainers = append([]corev1.Container{installer(opts)}, pod.Spec.InitContainers...)
 	pod.Annotations[AnnotationInjected] = c.Name
 	return warnings, nil
-}
-
-// lockFlags turns the annotations into klock flags, checking each value as
-// klock itself will parse it.
-func lockFlags(annotations map[string]string) ([]string, field.ErrorList) {
-	var errs field.ErrorList
-	lease := annotations[AnnotationLease]
-	if msgs := validation.IsDNS1123Subdomain(lease); len(msgs) > 0 {
-		errs = append(errs, field.Invalid(annotationsPath.Key(AnnotationLease), lease, strings.Join(msgs, "; ")))
-	}
-	flags := []string{"--lease=" + lease}
-	for _, fa := range flagAnnotations {
-		value, ok := annotations[fa.annotation]
-		if !ok {
-			continue
-		}
-		if err := cli.CheckFlag(fa.flag, value); err != nil {
-			errs = append(errs, field.Invalid(annotationsPath.Key(fa.annotation), value, accepted(fa.flag, err)))
-			continue
-		}
-		if fa.flag == "cleanup-lease" {
-			if on, _ := strconv.ParseBool(value); !on {
-				continue
-			}
-		}
-		flags = append(flags, "--"+fa.flag+"="+value)
-	}
-	if len(errs) == 0 {
-		// The values are fine one by one; check what they make together.
-		if err := cli.CheckArgs(flags); err != nil {
-			errs = append(errs, field.Forbidden(annotationsPath, "the klock.io/ annotations do not fit together: "+err.Error()))
-		}
-	}
-	return flags, errs
-}
-
-// accepted says what a flag accepts, for a denial message.
-func accepted(flag string, err error) string {
-	switch flag {
-	case "conflict-exit-code":
-		return "must be an exit code from 0 to 255"
-	case "cleanup-lease":
-		return `must be "true" or "false"`
-	}
-	// klock's own parsers say what they accept; pflag wraps them as
-	// `invalid argument "v" for "--flag" flag: <reason>`.
-	msg := err.Error()
-	if _, reason, ok := strings.Cut(msg, " flag: "); ok {
-		msg = reason
-	}
-	return msg
 }
 
 // collisions finds objects of the pod's own that use the names the webhook
@@ -271,14 +228,12 @@ func installer(opts Options) corev1.Container {
 		},
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 		SecurityContext: &corev1.SecurityContext{
-			RunAsNonRoot:             ptr(true),
-			RunAsUser:                ptr(int64(65532)),
-			ReadOnlyRootFilesystem:   ptr(true),
-			AllowPrivilegeEscalation: ptr(false),
+			RunAsNonRoot:             ptr.To(true),
+			RunAsUser:                ptr.To(int64(65532)),
+			ReadOnlyRootFilesystem:   ptr.To(true),
+			AllowPrivilegeEscalation: ptr.To(false),
 			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
 			SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
 		},
 	}
 }
-
-func ptr[T any](v T) *T { return &v }

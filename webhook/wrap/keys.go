@@ -1,12 +1,7 @@
-// Package webhook wraps annotated pods with klock at admission: an init
-// container copies the klock binary into a shared volume, and the target
-// container's command becomes `klock -l <lease> [flags] -- <original argv>`.
-//
-// Mutate is the whole change to the pod, a pure function with no HTTP and
-// no API client in it; the admission handler decodes the request, resolves
-// the image's entrypoint when the container does not set a command, and
-// turns Mutate's result into a JSON patch.
-package webhook
+package wrap
+
+// Every annotation and label key klock reads or writes, and every name it
+// reserves in the pods it wraps, is here, documented once.
 
 // Annotation keys users set on pods, or on workloads whose pod templates
 // receive them.
@@ -35,20 +30,6 @@ const (
 	AnnotationDefaultContainer = "kubectl.kubernetes.io/default-container"
 )
 
-// flagAnnotations maps each annotation that sets a klock flag to the flag's
-// long name, in the order the flags are written into the command.
-var flagAnnotations = []struct{ annotation, flag string }{
-	{AnnotationWait, "wait"},
-	{AnnotationConflictExitCode, "conflict-exit-code"},
-	{AnnotationLeaseDuration, "lease-duration"},
-	{AnnotationRenewDeadline, "renew-deadline"},
-	{AnnotationRetryPeriod, "retry-period"},
-	{AnnotationSignal, "signal"},
-	{AnnotationKillAfter, "kill-after"},
-	{AnnotationCleanupLease, "cleanup-lease"},
-	{AnnotationLabels, "labels"},
-}
-
 // What the webhook adds to a pod. The names are reserved: a pod that uses
 // one for something else is denied rather than changed.
 const (
@@ -69,4 +50,16 @@ const (
 	// AnnotationPolicy is set by the webhook to the name of the
 	// ClusterLockPolicy that it wrapped a pod for.
 	AnnotationPolicy = "klock.io/policy"
+)
+
+// AnnotationPrefix starts every annotation klock reads.
+const AnnotationPrefix = "klock.io/"
+
+// Labels the webhook sets on the objects it makes.
+const (
+	// LabelManagedBy marks the Roles and RoleBindings the Lease access
+	// controller keeps, with the value ManagedByWebhook: it deletes only
+	// those, and its cache holds only those.
+	LabelManagedBy   = "app.kubernetes.io/managed-by"
+	ManagedByWebhook = "klock-webhook"
 )

@@ -1,0 +1,202 @@
+package policy
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	klockv1alpha1 "github.com/klock-io/klock/api/v1alpha1"
+	"github.com/klock-io/klock/webhook/internal/builders"
+	"github.com/klock-io/klock/webhook/wrap"
+)
+
+func TestRenderLease(t *testing.T) {
+	cronJob := Workload{Kind: "CronJob", Name: "backup"}
+	labels := map[string]string{"app": "Web_Front", "team": "a"}
+	cases := []struct {
+		template string
+		w        Workload
+		want     string
+		err      string
+	}{
+		{template: "{kind}-{name}", w: cronJob, want: "cronjob-backup"},
+		{template: "{namespace}.{name}", w: cronJob, want: "prod.backup"},
+		{template: "lock-{label:app}", w: cronJob, want: "lock-web-front"},
+		{template: "fixed", w: cronJob, want: "fixed"},
+		{template: "{label:missing}", w: cronJob, err: "the pod has no label missing"},
+		{template: "{name}", w: Workload{Kind: "Pod"}, err: "{name} is empty"},
+		{template: "{nope}", w: cronJob, err: "unknown placeholder {nope}"},
+		{template: "{name", w: cronJob, err: "unclosed {"},
+		{template: "-{name}", w: cronJob, err: `renders as "-backup", which is not a Lease name`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.template, func(t *testing.T) {
+			got, err := RenderLease(tc.template, "prod", tc.w, labels)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("err = %v, want one containing %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("= %q, %v; want %q", got, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestCandidates(t *testing.T) {
+	policies := []klockv1alpha1.ClusterLockPolicy{
+		*builders.MakePolicy("everything").Obj(),
+		*builders.MakePolicy("team-a").Namespaces(map[string]string{"team": "a"}).Obj(),
+		*builders.MakePolicy("batch").Pods(map[string]string{"tier": "batch"}).Obj(),
+		*builders.MakePolicy("broken").Pods(map[string]string{"bad key!": "x"}).Obj(),
+	}
+	pod := builders.MakePod("p", "ns").Label("tier", "batch").Obj()
+	var got []string
+	for _, p := range Candidates(policies, pod, map[string]string{"team": "b"}) {
+		got = append(got, p.Name)
+	}
+	if want := []string{"everything", "batch"}; !cmp.Equal(got, want) {
+		t.Fatalf("candidates = %v, want %v", got, want)
+	}
+}
+
+func TestApplyPolicies(t *testing.T) {
+	cronJob := Workload{Kind: "CronJob", Name: "backup"}
+	full := builders.MakePolicy("full").Obj()
+	full.Spec = klockv1alpha1.ClusterLockPolicySpec{
+		Lease: "{name}", Container: "main", Wait: "30s", ConflictExitCode: ptr.To(int32(0)),
+		LeaseDuration: "20s", RenewDeadline: "15s", RetryPeriod: "3s", Signal: "INT", KillAfter: "5s",
+		CleanupLease: true, Labels: map[string]string{"b": "2", "a": "1"},
+	}
+	cases := []struct {
+		name     string
+		pod      *builders.PodBuilder
+		policies []*klockv1alpha1.ClusterLockPolicy
+		w        Workload
+		want     map[string]string // annotations after; nil: unchanged
+		applied  string
+		warning  string
+		err      string
+	}{
+		{
+			name: "every option becomes an annotation", pod: builders.MakePod("p", "ns"), policies: []*klockv1alpha1.ClusterLockPolicy{full}, w: cronJob, applied: "full",
+			want: map[string]string{
+				"klock.io/lease": "backup", "klock.io/container": "main", "klock.io/wait": "30s", "klock.io/conflict-exit-code": "0",
+				"klock.io/lease-duration": "20s", "klock.io/renew-deadline": "15s", "klock.io/retry-period": "3s", "klock.io/signal": "INT",
+				"klock.io/kill-after": "5s", "klock.io/cleanup-lease": "true", "klock.io/labels": "a=1,b=2", "klock.io/policy": "full",
+			},
+		},
+		{
+			name: "the pod's own annotations win", pod: builders.MakePod("p", "ns").Lease("mine").Annotation(wrap.AnnotationWait, "1s"),
+			policies: []*klockv1alpha1.ClusterLockPolicy{builders.MakePolicy("p").Obj()}, w: cronJob, applied: "p",
+			want: map[string]string{"klock.io/lease": "mine", "klock.io/wait": "1s", "klock.io/policy": "p"},
+		},
+		{
+			name: "default lease is kind and name", pod: builders.MakePod("p", "ns"),
+			policies: []*klockv1alpha1.ClusterLockPolicy{builders.MakePolicy("p").Obj()}, w: Workload{Kind: "Deployment", Name: "web"}, applied: "p",
+			want: map[string]string{"klock.io/lease": "deployment-web", "klock.io/policy": "p"},
+		},
+		{
+			name: "kinds not matching", pod: builders.MakePod("p", "ns"),
+			policies: []*klockv1alpha1.ClusterLockPolicy{builders.MakePolicy("p").Kinds(klockv1alpha1.Job).Obj()}, w: cronJob,
+		},
+		{
+			name: "kinds matching the top workload", pod: builders.MakePod("p", "ns"),
+			policies: []*klockv1alpha1.ClusterLockPolicy{builders.MakePolicy("p").Kinds(klockv1alpha1.Deployment, klockv1alpha1.CronJob).Obj()}, w: cronJob, applied: "p",
+			want: map[string]string{"klock.io/lease": "cronjob-backup", "klock.io/policy": "p"},
+		},
+		{
+			name: "higher priority wins, with a warning", pod: builders.MakePod("p", "ns"),
+			policies: []*klockv1alpha1.ClusterLockPolicy{builders.MakePolicy("low").Lease("low").Obj(), builders.MakePolicy("high").Lease("high").Priority(5).Obj()}, w: cronJob, applied: "high",
+			want:    map[string]string{"klock.io/lease": "high", "klock.io/policy": "high"},
+			warning: "ClusterLockPolicy low (priority 0) also selects this pod, and gives way to high (priority 5)",
+		},
+		{
+			name: "a tie is denied, naming both", pod: builders.MakePod("p", "ns"),
+			policies: []*klockv1alpha1.ClusterLockPolicy{builders.MakePolicy("b").Obj(), builders.MakePolicy("a").Obj(), builders.MakePolicy("c").Priority(-1).Obj()}, w: cronJob,
+			err: "ClusterLockPolicies a, b all select this pod with priority 0",
+		},
+		{
+			name: "skip where allowed", pod: builders.MakePod("p", "ns").Annotation(wrap.AnnotationSkip, "true"),
+			policies: []*klockv1alpha1.ClusterLockPolicy{builders.MakePolicy("p").AllowSkip().Obj()}, w: cronJob,
+		},
+		{
+			name: "skip where not allowed", pod: builders.MakePod("p", "ns").Annotation(wrap.AnnotationSkip, "true"),
+			policies: []*klockv1alpha1.ClusterLockPolicy{builders.MakePolicy("p").Obj()}, w: cronJob,
+			err: "ClusterLockPolicy p selects this pod and does not allow it to skip the lock",
+		},
+		{
+			name: "skip false is no skip", pod: builders.MakePod("p", "ns").Annotation(wrap.AnnotationSkip, "false"),
+			policies: []*klockv1alpha1.ClusterLockPolicy{builders.MakePolicy("p").Obj()}, w: cronJob, applied: "p",
+			want: map[string]string{"klock.io/skip": "false", "klock.io/lease": "cronjob-backup", "klock.io/policy": "p"},
+		},
+		{
+			name: "skip must be a boolean", pod: builders.MakePod("p", "ns").Annotation(wrap.AnnotationSkip, "yes please"),
+			policies: []*klockv1alpha1.ClusterLockPolicy{builders.MakePolicy("p").AllowSkip().Obj()}, w: cronJob,
+			err: `metadata.annotations[klock.io/skip]: Invalid value: "yes please": must be "true" or "false"`,
+		},
+		{
+			name: "a template that cannot render", pod: builders.MakePod("p", "ns"),
+			policies: []*klockv1alpha1.ClusterLockPolicy{builders.MakePolicy("p").Lease("{label:app}").Obj()}, w: cronJob,
+			err: `ClusterLockPolicy p selects this pod, but its lease "{label:app}" cannot be named for it: the pod has no label app`,
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			pod := tc.pod.Obj()
+			before := pod.DeepCopy()
+			applied, warnings, err := ApplyPolicies(pod, tc.policies, tc.w)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("err = %v, want one containing %q", err, tc.err)
+				}
+				if !cmp.Equal(pod, before) {
+					t.Errorf("a denied pod was changed: %s", cmp.Diff(before, pod))
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if name := ""; applied != nil {
+				name = applied.Name
+				if name != tc.applied {
+					t.Errorf("applied %q, want %q", name, tc.applied)
+				}
+			} else if tc.applied != "" {
+				t.Errorf("applied none, want %q", tc.applied)
+			}
+			want := before.Annotations
+			if tc.want != nil {
+				want = tc.want
+			}
+			if diff := cmp.Diff(want, pod.Annotations); diff != "" {
+				t.Errorf("annotations (-want +got):\n%s", diff)
+			}
+			if got := strings.Join(warnings, "\n"); got != tc.warning {
+				t.Errorf("warnings = %q, want %q", got, tc.warning)
+			}
+		})
+	}
+}
+
+func TestValidatePolicy(t *testing.T) {
+	bad := builders.MakePolicy("bad").Obj()
+	bad.Spec.Selector = &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "tier", Operator: "Foo"}}}
+	bad.Spec.Labels = map[string]string{"app.kubernetes.io/managed-by": "me"}
+	err := ValidatePolicy(bad)
+	if err == nil || !strings.Contains(err.Error(), "spec.selector.matchExpressions[0].operator") || !strings.Contains(err.Error(), "reserved for klock") {
+		t.Errorf("err = %v", err)
+	}
+	if Candidates([]klockv1alpha1.ClusterLockPolicy{*bad}, builders.MakePod("p", "ns").Obj(), nil) != nil {
+		t.Error("an invalid policy is a candidate")
+	}
+	if err := ValidatePolicy(builders.MakePolicy("good").Lease("{label:app}").Obj()); err != nil {
+		t.Errorf("a valid policy: %v", err)
+	}
+}

@@ -1,0 +1,130 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/spf13/pflag"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/klock-io/klock/webhook/leaseaccess"
+)
+
+// Options are klock-webhook's flags.
+type Options struct {
+	Port            int
+	CertDir         string
+	KlockImage      string
+	ImagePullPolicy string
+	MetricsAddr     string
+	ProbeAddr       string
+	EnableHTTP2     bool
+	Kubeconfig      string
+	DefaultPlatform string
+	ImageCacheSize  int
+
+	// WebhookConfiguration is the MutatingWebhookConfiguration whose
+	// policy entries follow the ClusterLockPolicies, and whose CA the
+	// self-managed TLS keeps.
+	WebhookConfiguration string
+	// Policies applies ClusterLockPolicies; their CRD must be installed.
+	Policies bool
+	// LeaseAccess is off, policy or all: which wrapped workloads get a
+	// Role for their Lease.
+	LeaseAccess string
+
+	// SelfManagedTLS: the webhook makes and rotates its own CA and serving
+	// certificate in TLSSecret, writes them into CertDir, and puts the CA
+	// into WebhookConfiguration.
+	SelfManagedTLS bool
+	TLSSecret      string // namespace/name
+	DNSNames       []string
+	// LeaderElect makes one replica at a time run the controllers (policy
+	// entries and status, Lease access, certificate rotation); all serve.
+	LeaderElect bool
+	// LeaderElectionNamespace holds the leader election Lease. Default:
+	// the TLS Secret's with self-managed TLS, else the pod's own.
+	LeaderElectionNamespace string
+}
+
+// NewOptions returns the defaults.
+func NewOptions() *Options {
+	return &Options{
+		Port:                 9443,
+		CertDir:              "/tmp/k8s-webhook-server/serving-certs",
+		ImagePullPolicy:      string(corev1.PullIfNotPresent),
+		MetricsAddr:          ":8080",
+		ProbeAddr:            ":8081",
+		DefaultPlatform:      "linux/amd64",
+		ImageCacheSize:       1024,
+		WebhookConfiguration: "klock",
+		Policies:             true,
+		LeaseAccess:          leaseaccess.ModeOff,
+	}
+}
+
+// AddFlags binds the flags into o.
+func (o *Options) AddFlags(fs *pflag.FlagSet) {
+	fs.IntVar(&o.Port, "webhook-port", o.Port, "Port the admission webhook serves on.")
+	fs.StringVar(&o.CertDir, "webhook-cert-path", o.CertDir, "Directory with tls.crt and tls.key; reloaded when they change.")
+	fs.StringVar(&o.KlockImage, "klock-image", o.KlockImage, "Image holding /klock, copied into wrapped pods (required).")
+	fs.StringVar(&o.ImagePullPolicy, "klock-image-pull-policy", o.ImagePullPolicy, "Pull policy of the klock init container: Always, IfNotPresent or Never.")
+	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", o.MetricsAddr, "Address of the Prometheus metrics endpoint; 0 turns it off.")
+	fs.StringVar(&o.ProbeAddr, "health-probe-bind-address", o.ProbeAddr, "Address of /healthz and /readyz.")
+	fs.BoolVar(&o.EnableHTTP2, "enable-http2", o.EnableHTTP2, "Serve HTTP/2 (off by default: HTTP/2 rapid-reset attacks).")
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "Kubeconfig to use outside a cluster.")
+	fs.StringVar(&o.DefaultPlatform, "default-platform", o.DefaultPlatform, "Platform whose ENTRYPOINT and CMD are read from multi-platform images, unless a pod's nodeSelector says otherwise.")
+	fs.IntVar(&o.ImageCacheSize, "image-cache-size", o.ImageCacheSize, "How many image configs to keep, by digest.")
+	fs.BoolVar(&o.SelfManagedTLS, "self-managed-tls", o.SelfManagedTLS, "Make and rotate the CA and serving certificate in --tls-secret, and put the CA into --webhook-configuration.")
+	fs.StringVar(&o.TLSSecret, "tls-secret", o.TLSSecret, "With --self-managed-tls: the Secret (namespace/name) that keeps the certificates.")
+	fs.StringSliceVar(&o.DNSNames, "dns-names", o.DNSNames, "With --self-managed-tls: the names the serving certificate is for, such as klock-webhook.klock-system.svc.")
+	fs.StringVar(&o.WebhookConfiguration, "webhook-configuration", o.WebhookConfiguration, "The MutatingWebhookConfiguration to keep in step with the ClusterLockPolicies, and whose caBundle --self-managed-tls keeps.")
+	fs.BoolVar(&o.Policies, "policies", o.Policies, "Apply ClusterLockPolicies (their CRD must be installed).")
+	fs.StringVar(&o.LeaseAccess, "lease-access", o.LeaseAccess, "Keep a Role and RoleBinding for the Lease of each wrapped workload: off, policy (where the ClusterLockPolicy sets grantLeaseAccess) or all.")
+	fs.BoolVar(&o.LeaderElect, "leader-elect", o.LeaderElect, "Let one replica at a time run the controllers; every replica serves.")
+	fs.StringVar(&o.LeaderElectionNamespace, "leader-election-namespace", o.LeaderElectionNamespace, "Namespace of the leader election Lease (default: the --tls-secret's with --self-managed-tls, else the pod's own).")
+}
+
+// Validate checks the flags.
+func (o *Options) Validate() error {
+	var errs []error
+	if o.KlockImage == "" {
+		errs = append(errs, errors.New("--klock-image is required: the image that holds /klock, such as ghcr.io/klock-io/klock:v0.1.0"))
+	}
+	switch corev1.PullPolicy(o.ImagePullPolicy) {
+	case corev1.PullAlways, corev1.PullIfNotPresent, corev1.PullNever:
+	default:
+		errs = append(errs, fmt.Errorf("--klock-image-pull-policy %q: give Always, IfNotPresent or Never", o.ImagePullPolicy))
+	}
+	if _, err := v1.ParsePlatform(o.DefaultPlatform); err != nil {
+		errs = append(errs, fmt.Errorf("--default-platform %q: give os/arch[/variant], such as linux/amd64: %w", o.DefaultPlatform, err))
+	}
+	if o.ImageCacheSize < 1 {
+		errs = append(errs, fmt.Errorf("--image-cache-size %d: give at least 1", o.ImageCacheSize))
+	}
+	if o.SelfManagedTLS {
+		if ns, name, ok := strings.Cut(o.TLSSecret, "/"); !ok || ns == "" || name == "" {
+			errs = append(errs, fmt.Errorf("--tls-secret %q: give namespace/name, such as klock-system/klock-webhook-tls", o.TLSSecret))
+		}
+		if len(o.DNSNames) == 0 {
+			errs = append(errs, errors.New("--dns-names is required with --self-managed-tls: the Service's names, such as klock-webhook.klock-system.svc"))
+		}
+	}
+	if o.WebhookConfiguration == "" && (o.SelfManagedTLS || o.Policies) {
+		errs = append(errs, errors.New("--webhook-configuration is required with --policies or --self-managed-tls: the name of klock's MutatingWebhookConfiguration, such as klock"))
+	}
+	switch o.LeaseAccess {
+	case leaseaccess.ModeOff, leaseaccess.ModePolicy, leaseaccess.ModeAll:
+		if o.LeaseAccess != leaseaccess.ModeOff && !o.Policies {
+			errs = append(errs, fmt.Errorf("--lease-access %s needs --policies", o.LeaseAccess))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("--lease-access %q: give off, policy or all", o.LeaseAccess))
+	}
+	if o.Port < 1 || o.Port > 65535 {
+		errs = append(errs, fmt.Errorf("--webhook-port %d: give a port from 1 to 65535", o.Port))
+	}
+	return errors.Join(errs...)
+}
