@@ -269,12 +269,20 @@ func (h *Hold) giveBack(ctx context.Context) error {
 			return nil
 		case apierrors.IsNotFound(err):
 			return nil
-		case !apierrors.IsConflict(err):
+		case refused(err) && !apierrors.IsConflict(err):
 			return describe(err, cfg, verb)
+		case !apierrors.IsConflict(err):
+			// No answer: the release may have committed. Read the Lease
+			// back to see, unless the caller has given up.
+			if ctx.Err() != nil {
+				return describe(err, cfg, verb)
+			}
+			sleep(ctx, cfg.RetryPeriod/4)
 		}
 		// A conflict with a Lease still ours comes from a renewal of this
 		// Hold's whose answer was lost, or from a process sharing the
-		// identity; stillOurs tells which.
+		// identity; stillOurs tells which. After a release whose answer
+		// was lost, it finds the Lease released (or deleted).
 		lease, err := h.stillOurs(ctx)
 		if errors.Is(err, ErrLost) {
 			return nil // released already, or somebody else's now
