@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"math"
 	"os"
 	"strings"
 	"time"
@@ -23,6 +24,10 @@ const (
 	DefaultLeaseDuration = 15 * time.Second
 	DefaultRenewDeadline = 10 * time.Second
 	DefaultRetryPeriod   = 2 * time.Second
+
+	// maxLeaseDuration is the most leaseDurationSeconds can hold; a longer
+	// duration would be written wrapped around, as a short one.
+	maxLeaseDuration = math.MaxInt32 * time.Second
 
 	// resyncPeriod is how long a waiter trusts a watch that delivers nothing
 	// before it reads the Lease again. A live holder renews every few
@@ -105,6 +110,13 @@ func (c Config) Validate() error {
 	return err
 }
 
+// Complete returns the configuration as New would use it, with every
+// default filled in (the timings derived from those given), or the error
+// Validate reports.
+func (c Config) Complete() (Config, error) {
+	return c.complete()
+}
+
 // complete fills in defaults and validates the result. Every error names the
 // setting, the value and what is accepted.
 func (c Config) complete() (Config, error) {
@@ -136,6 +148,9 @@ func (c Config) complete() (Config, error) {
 	}
 	if c.LeaseDuration < time.Second || c.LeaseDuration%time.Second != 0 {
 		return c, fmt.Errorf("invalid lease duration %s: must be a whole number of seconds, at least 1s (Lease stores whole seconds)", c.LeaseDuration)
+	}
+	if c.LeaseDuration > maxLeaseDuration {
+		return c, fmt.Errorf("invalid lease duration %s: must be at most %s (Lease stores the seconds as a 32-bit number)", c.LeaseDuration, maxLeaseDuration)
 	}
 	if c.RenewDeadline <= 0 || c.RenewDeadline >= c.LeaseDuration {
 		return c, fmt.Errorf("invalid renew deadline %s: must be above 0 and below the lease duration %s, so that a holder notices the loss before the lease can expire", c.RenewDeadline, c.LeaseDuration)

@@ -27,6 +27,7 @@ func TestConfigComplete(t *testing.T) {
 		{name: "no name", cfg: Config{}, want: "lease name is empty"},
 		{name: "bad name", cfg: Config{Name: "A_b"}, want: `invalid lease name "A_b"`},
 		{name: "bad namespace", cfg: Config{Name: "x", Namespace: "a.b"}, want: `invalid namespace "a.b"`},
+		{name: "a duration the Lease cannot store", cfg: Config{Name: "x", LeaseDuration: (1<<32 + 1) * time.Second, RenewDeadline: time.Hour}, want: "must be at most"},
 		{name: "fractional duration", cfg: Config{Name: "x", LeaseDuration: 2500 * time.Millisecond}, want: "whole number of seconds"},
 		{name: "renew deadline over the lease duration given", cfg: Config{Name: "x", LeaseDuration: 15 * time.Second, RenewDeadline: 15 * time.Second}, want: "below the lease duration 15s"},
 		{name: "retry period over the renew deadline given", cfg: Config{Name: "x", RenewDeadline: 10 * time.Second, RetryPeriod: 10 * time.Second}, want: "below the renew deadline 10s"},

@@ -187,7 +187,7 @@ func (h *Hold) renew(ctx context.Context, now time.Time) error {
 		next.Spec.HolderIdentity = &cfg.Identity
 		next.Spec.LeaseDurationSeconds = ptr(int32(cfg.LeaseDuration / time.Second))
 		next.Spec.RenewTime = &ts
-		h.unanswered.add(&ts)
+		h.unanswered.add(&ts, time.Time{})
 		written, err := h.lock.leases.Update(ctx, next, metav1.UpdateOptions{})
 		if err == nil {
 			h.lease = written

@@ -268,7 +268,7 @@ func (l *Lock) get(ctx context.Context) (*coordinationv1.Lease, time.Duration, e
 	if err != nil {
 		return nil, 0, describe(err, &l.cfg, "get")
 	}
-	return lease, serverAge(lease, date), nil
+	return lease, serverAge(lease, date, l.cfg.Clock.Now()), nil
 }
 
 func (l *Lock) heldError() *HeldError {
@@ -293,15 +293,25 @@ func (l *Lock) attempt(ctx context.Context, lease *coordinationv1.Lease, age tim
 
 	// A Lease under our identity is either an acquisition of this Lock's
 	// whose answer was lost, or another process's under the same identity,
-	// which we join (re-entrant).
+	// which we join (re-entrant). joined is when the process we join last
+	// wrote, zero for no join; a lost write remembers whether it was one.
+	var joined time.Time
 	own := st == stateOurs && l.unanswered.has(lease.Spec.RenewTime)
-	reentrant := st == stateOurs && !own
-	if reentrant && l.obs.record.duration != l.cfg.LeaseDuration {
-		// Both would renew the Lease with their own duration, and the
-		// shorter one would let others in while the longer one's holder
-		// still trusts it.
-		return nil, permanentError{fmt.Errorf("lease %s/%s is held under the same identity %q with a lease duration of %s, and this contender's is %s: give both the same lease duration, or each its own identity",
-			l.cfg.Namespace, l.cfg.Name, l.cfg.Identity, l.obs.record.duration, l.cfg.LeaseDuration)}
+	switch {
+	case own:
+		joined = l.unanswered.joined(lease.Spec.RenewTime)
+	case st == stateOurs:
+		if l.obs.record.duration != l.cfg.LeaseDuration {
+			// Both would renew the Lease with their own duration, and the
+			// shorter one would let others in while the longer one's
+			// holder still trusts it.
+			return nil, permanentError{fmt.Errorf("lease %s/%s is held under the same identity %q with a lease duration of %s, and this contender's is %s: give both the same lease duration, or each its own identity",
+				l.cfg.Namespace, l.cfg.Name, l.cfg.Identity, l.obs.record.duration, l.cfg.LeaseDuration)}
+		}
+		// When the process we join last wrote, as far as we can tell: a
+		// restarted process joining its own dead predecessor's hold need
+		// not leave the Lease to it for a whole lease duration.
+		joined = l.obs.seen
 	}
 	desired := l.acquisition(lease, st, own, now)
 	// The write is not cancelled with ctx: cut off in flight, it might
@@ -309,7 +319,7 @@ func (l *Lock) attempt(ctx context.Context, lease *coordinationv1.Lease, age tim
 	// renew deadline, which the Hold counts from now.
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.cfg.RenewDeadline)
 	defer cancel()
-	l.unanswered.add(desired.Spec.RenewTime)
+	l.unanswered.add(desired.Spec.RenewTime, joined)
 	var (
 		written *coordinationv1.Lease
 		err     error
@@ -333,15 +343,8 @@ func (l *Lock) attempt(ctx context.Context, lease *coordinationv1.Lease, age tim
 	}
 	// Written: whatever earlier writes did, this one is the Lease now.
 	l.unanswered.clear()
-	// When the process we join last wrote, as far as we can tell: a
-	// restarted process joining its own dead predecessor's hold need not
-	// leave the Lease to it for a whole lease duration.
-	peerWrote := l.obs.seen
 	l.obs.observe(written, now, 0)
-	if !reentrant {
-		peerWrote = time.Time{}
-	}
-	h := newHold(l, written, now, peerWrote)
+	h := newHold(l, written, now, joined)
 	token, err := strconv.ParseUint(written.ResourceVersion, 10, 64)
 	if err != nil {
 		// Kubernetes 1.35 and later promise integer resource versions.
@@ -349,7 +352,7 @@ func (l *Lock) attempt(ctx context.Context, lease *coordinationv1.Lease, age tim
 		return nil, errors.Join(err, h.Release(ctx))
 	}
 	h.token = token
-	l.log.V(1).Info("Acquired lease", "token", token, "reentrant", reentrant, "recovered", own)
+	l.log.V(1).Info("Acquired lease", "token", token, "reentrant", h.reentrant, "recovered", own)
 	return h, nil
 }
 
@@ -367,6 +370,9 @@ func (l *Lock) abandon() {
 	lease, _, err := l.get(ctx)
 	if err != nil || lease == nil || recordOf(lease).holder != l.cfg.Identity || !l.unanswered.has(lease.Spec.RenewTime) {
 		return
+	}
+	if !l.unanswered.joined(lease.Spec.RenewTime).IsZero() {
+		return // a join: the Lease is the other process's to give back
 	}
 	released := releasedLease(lease, l.cfg.Clock.Now())
 	if _, err := l.leases.Update(ctx, released, metav1.UpdateOptions{}); err != nil {
@@ -389,14 +395,16 @@ func refused(err error) bool {
 }
 
 // writes is a set of renewTimes, as the API server stores them (Unix
-// microseconds), of writes whose answer has not come back.
-type writes map[int64]struct{}
+// microseconds), of writes whose answer has not come back. Each notes
+// whether it joined another process under the same identity, and when that
+// process last wrote (zero: no join).
+type writes map[int64]time.Time
 
-func (w *writes) add(t *metav1.MicroTime) {
+func (w *writes) add(t *metav1.MicroTime, joined time.Time) {
 	if *w == nil {
 		*w = writes{}
 	}
-	(*w)[t.UnixMicro()] = struct{}{}
+	(*w)[t.UnixMicro()] = joined
 }
 
 func (w writes) has(t *metav1.MicroTime) bool {
@@ -407,9 +415,10 @@ func (w writes) has(t *metav1.MicroTime) bool {
 	return ok
 }
 
-func (w writes) remove(t *metav1.MicroTime) { delete(w, t.UnixMicro()) }
-func (w writes) clear()                     { clear(w) }
-func (w writes) empty() bool                { return len(w) == 0 }
+func (w writes) joined(t *metav1.MicroTime) time.Time { return w[t.UnixMicro()] }
+func (w writes) remove(t *metav1.MicroTime)           { delete(w, t.UnixMicro()) }
+func (w writes) clear()                               { clear(w) }
+func (w writes) empty() bool                          { return len(w) == 0 }
 
 // sleep waits for d or until ctx ends.
 func sleep(ctx context.Context, d time.Duration) {

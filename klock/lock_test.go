@@ -264,3 +264,47 @@ func TestSameIdentityIsReentrantAndLeavesTheLease(t *testing.T) {
 		t.Errorf("the shared Lease was given up (holder %q, err %v)", leases.holder(), err)
 	}
 }
+
+// A join of another process's hold (same identity) whose answer was lost is
+// still a join: giving up must not release the other process's Lease, and
+// recovering it must not make this process its only holder.
+func TestLostJoinIsStillAJoin(t *testing.T) {
+	ctx := context.Background()
+	t.Run("giving up", func(t *testing.T) {
+		leases := &memLeases{}
+		first, err := testLock(t, leases, "me").TryAcquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer first.Release(ctx)
+		leases.loseAnswer = true
+		if _, err := testLock(t, leases, "me").TryAcquire(ctx); err == nil {
+			t.Fatal("the lost answer was not reported")
+		}
+		if got := leases.holder(); got != "me" {
+			t.Errorf("holder after the joiner gave up = %q: the other process's hold was given away", got)
+		}
+	})
+	t.Run("recovering", func(t *testing.T) {
+		leases := &memLeases{}
+		first, err := testLock(t, leases, "me").TryAcquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer first.Release(ctx)
+		leases.loseAnswer = true
+		second, err := testLock(t, leases, "me").Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !second.Reentrant() {
+			t.Error("a join recovered after its answer was lost is not re-entrant")
+		}
+		if err := second.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got := leases.holder(); got != "me" {
+			t.Errorf("holder after the joiner's release = %q: the other process's hold was given away", got)
+		}
+	})
+}

@@ -1,9 +1,11 @@
 package klock
 
 import (
+	"bytes"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // record is the part of a Lease that says who holds it and for how long.
@@ -15,6 +17,13 @@ type record struct {
 	acquireTime int64 // Unix microseconds, as the API stores them
 	renewTime   int64
 	transitions int32
+}
+
+// shortened reports whether r is prev with only a shorter duration.
+func (r record) shortened(prev record) bool {
+	d := prev.duration
+	prev.duration = r.duration
+	return r == prev && r.duration < d
 }
 
 func recordOf(l *coordinationv1.Lease) record {
@@ -63,6 +72,12 @@ func (o *observation) observe(l *coordinationv1.Lease, now time.Time, age time.D
 	r := recordOf(l)
 	since := now.Add(-age)
 	switch {
+	case o.lease != nil && r.shortened(o.record):
+		// Only the duration went down: no holder shortens its own lease
+		// while it holds it (klock and client-go write their own duration
+		// with every renewal), so this is an edit by somebody else, and
+		// the holder still trusts the longer one until its next renewal.
+		// Keep what was seen.
 	case o.lease == nil || r != o.record:
 		o.record, o.seen = r, since
 	case since.Before(o.seen):
@@ -70,37 +85,6 @@ func (o *observation) observe(l *coordinationv1.Lease, now time.Time, age time.D
 		o.seen = since
 	}
 	o.lease = l
-}
-
-// serverClockMargin covers the whole-second precision of the two server
-// timestamps serverAge subtracts (each may be up to a second below the
-// truth), plus a second for API server replicas whose clocks differ a little.
-const serverClockMargin = 2 * time.Second
-
-// serverAge is how long the Lease had stood unwritten when the API server
-// answered the read dated date, judged on the API server's clock alone: the
-// server stamps every write that changes a field in metadata.managedFields,
-// and dates every response. It errs short by serverClockMargin, and is 0
-// when either stamp is missing.
-//
-// This lets a process that has just started recognise a Lease abandoned
-// long ago, without comparing another machine's clock with its own: a
-// contender that waits less than a lease duration (klock -w 10s -E 0) would
-// otherwise never see an abandoned Lease expire.
-func serverAge(l *coordinationv1.Lease, date time.Time) time.Duration {
-	if l == nil || date.IsZero() {
-		return 0
-	}
-	var written time.Time
-	for _, mf := range l.ManagedFields {
-		if mf.Time != nil && mf.Time.After(written) {
-			written = mf.Time.Time
-		}
-	}
-	if written.IsZero() {
-		return 0
-	}
-	return max(date.Sub(written)-serverClockMargin, 0)
 }
 
 // state says what identity may do with the observed Lease at now.
@@ -133,4 +117,52 @@ func (o *observation) state(identity string, now time.Time) state {
 // expiry is when others may take the observed Lease if nothing changes.
 func (o *observation) expiry() time.Time {
 	return o.seen.Add(o.record.duration)
+}
+
+// serverClockMargin covers the whole-second precision of the two server
+// timestamps serverAge subtracts (each may be up to a second below the
+// truth), plus a second for API server replicas whose clocks differ a little.
+const serverClockMargin = 2 * time.Second
+
+// serverAge is how long the Lease's record had stood unwritten when the API
+// server answered the read dated date, judged on the API server's clock
+// alone: the server stamps every write in metadata.managedFields (the time
+// of the entry that owns spec.renewTime is when the record was last
+// written), and dates every response. It errs short by serverClockMargin,
+// and is 0 when either stamp is missing.
+//
+// This lets a process that has just started recognise a Lease abandoned
+// long ago without comparing another machine's clock with its own: a
+// contender that waits less than a lease duration (klock -w 10s -E 0) would
+// otherwise never see an abandoned Lease expire.
+//
+// The answer is trusted only if its Date agrees with this process's clock
+// within serverClockMargin. That is no comparison of contenders' clocks:
+// it keeps a Date that did not come from the API server's clock (a proxy in
+// between that dates its own answers) from crediting a live holder's
+// record with an age it does not have. A process whose clock is off gets
+// no credit, and judges expiry from its own observations, as before.
+func serverAge(l *coordinationv1.Lease, date, now time.Time) time.Duration {
+	if l == nil || date.IsZero() {
+		return 0
+	}
+	if d := now.Sub(date); d > serverClockMargin || d < -serverClockMargin {
+		return 0
+	}
+	var written time.Time
+	for _, mf := range l.ManagedFields {
+		if mf.Time != nil && mf.Time.After(written) && ownsRenewTime(mf) {
+			written = mf.Time.Time
+		}
+	}
+	if written.IsZero() {
+		return 0
+	}
+	return max(date.Sub(written)-serverClockMargin, 0)
+}
+
+// ownsRenewTime reports whether a managedFields entry owns spec.renewTime,
+// which every write of a holder's record changes.
+func ownsRenewTime(mf metav1.ManagedFieldsEntry) bool {
+	return mf.FieldsV1 != nil && bytes.Contains(mf.FieldsV1.Raw, []byte(`"f:renewTime"`))
 }

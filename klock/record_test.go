@@ -98,31 +98,73 @@ func TestAcquisitionRecord(t *testing.T) {
 
 func TestServerAge(t *testing.T) {
 	written := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	stamped := func(times ...time.Time) *coordinationv1.Lease {
+	renewTimeOwner := &metav1.FieldsV1{Raw: []byte(`{"f:spec":{"f:holderIdentity":{},"f:renewTime":{}}}`)}
+	labelsOwner := &metav1.FieldsV1{Raw: []byte(`{"f:metadata":{"f:labels":{"f:team":{}}}}`)}
+	stamped := func(entries ...metav1.ManagedFieldsEntry) *coordinationv1.Lease {
 		l := lease("b", 15, written)
-		for _, at := range times {
-			l.ManagedFields = append(l.ManagedFields, metav1.ManagedFieldsEntry{Manager: "m", Time: &metav1.Time{Time: at}})
-		}
+		l.ManagedFields = entries
 		return l
 	}
+	entry := func(at time.Time, fields *metav1.FieldsV1) metav1.ManagedFieldsEntry {
+		return metav1.ManagedFieldsEntry{Manager: "m", Time: &metav1.Time{Time: at}, FieldsV1: fields}
+	}
 	for _, tc := range []struct {
-		name  string
-		lease *coordinationv1.Lease
-		date  time.Time
-		want  time.Duration
+		name      string
+		lease     *coordinationv1.Lease
+		date, now time.Time
+		want      time.Duration
 	}{
-		{name: "no date: unknown", lease: stamped(written), want: 0},
-		{name: "no write stamp: unknown", lease: stamped(), date: written.Add(time.Hour), want: 0},
-		{name: "an hour old, less the margin", lease: stamped(written), date: written.Add(time.Hour), want: time.Hour - serverClockMargin},
-		{name: "the newest write counts", lease: stamped(written.Add(-time.Hour), written), date: written.Add(time.Minute), want: time.Minute - serverClockMargin},
-		{name: "within the margin: zero", lease: stamped(written), date: written.Add(time.Second), want: 0},
-		{name: "a date before the write: zero", lease: stamped(written), date: written.Add(-time.Minute), want: 0},
+		{name: "no date: unknown", lease: stamped(entry(written, renewTimeOwner)), now: written.Add(time.Hour), want: 0},
+		{name: "no write stamp: unknown", lease: stamped(), date: written.Add(time.Hour), now: written.Add(time.Hour), want: 0},
+		{name: "an hour old, less the margin", lease: stamped(entry(written, renewTimeOwner)), date: written.Add(time.Hour), now: written.Add(time.Hour), want: time.Hour - serverClockMargin},
+		{
+			name:  "the newest write of renewTime counts",
+			lease: stamped(entry(written.Add(-time.Hour), renewTimeOwner), entry(written, renewTimeOwner)),
+			date:  written.Add(time.Minute), now: written.Add(time.Minute), want: time.Minute - serverClockMargin,
+		},
+		{
+			// A later write of labels alone says nothing of the record; an
+			// entry renamed or removed by an edit does not make it older.
+			name:  "a write of other fields does not count",
+			lease: stamped(entry(written.Add(-time.Hour), labelsOwner), entry(written, renewTimeOwner)),
+			date:  written.Add(time.Minute), now: written.Add(time.Minute), want: time.Minute - serverClockMargin,
+		},
+		{name: "no entry owns renewTime: unknown", lease: stamped(entry(written.Add(-time.Hour), labelsOwner)), date: written, now: written, want: 0},
+		{name: "within the margin: zero", lease: stamped(entry(written, renewTimeOwner)), date: written.Add(time.Second), now: written.Add(time.Second), want: 0},
+		{name: "a date before the write: zero", lease: stamped(entry(written, renewTimeOwner)), date: written.Add(-time.Minute), now: written.Add(-time.Minute), want: 0},
+		{
+			// A proxy that dates its own answers, or a local clock that is
+			// off: the Date cannot be taken for the API server's clock.
+			name:  "a date far from the local clock: unknown",
+			lease: stamped(entry(written, renewTimeOwner)), date: written.Add(time.Hour), now: written.Add(time.Hour - 20*time.Second), want: 0,
+		},
+		{name: "a date a second off the local clock", lease: stamped(entry(written, renewTimeOwner)), date: written.Add(time.Hour), now: written.Add(time.Hour + time.Second), want: time.Hour - serverClockMargin},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := serverAge(tc.lease, tc.date); got != tc.want {
+			if got := serverAge(tc.lease, tc.date, tc.now); got != tc.want {
 				t.Errorf("serverAge = %s, want %s", got, tc.want)
 			}
 		})
+	}
+}
+
+func TestObservationKeepsAShortenedDuration(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	var o observation
+	o.observe(lease("b", 15, t0), t0, 0)
+	// Somebody edits the held Lease down to 1s: the holder still trusts
+	// its 15s until its next renewal writes them back.
+	o.observe(lease("b", 1, t0), t0.Add(5*time.Second), 0)
+	if got := o.state("me", t0.Add(7*time.Second)); got != stateHeld {
+		t.Errorf("state 2s after the duration was edited down to 1s = %d, want held", got)
+	}
+	if got := o.state("me", t0.Add(15*time.Second)); got != stateFree {
+		t.Errorf("state 15s after the last renewal = %d, want free", got)
+	}
+	// A longer duration is taken at once.
+	o.observe(lease("b", 60, t0), t0.Add(16*time.Second), 0)
+	if got := o.state("me", t0.Add(70*time.Second)); got != stateHeld {
+		t.Errorf("state after the duration was raised to 60s = %d, want held", got)
 	}
 }
 

@@ -27,6 +27,11 @@ func CheckArgs(args []string) error {
 			if o.Namespace == "" {
 				o.Namespace = "default" // where is irrelevant to the check
 			}
-			return o.lockConfig(func(string) string { return "" }, nil).Validate()
+			cfg, err := o.lockConfig(func(string) string { return "" }, nil).Complete()
+			if err != nil {
+				return err
+			}
+			_, err = o.killAfter(cfg)
+			return err
 		})
 }

@@ -242,6 +242,9 @@ func TestLeaseTimingsGivenAloneAreCompleted(t *testing.T) {
 		{name: "all three, consistent", args: []string{"--lease-duration=2s", "--renew-deadline=1500ms", "--retry-period=300ms"}},
 		{name: "a renew deadline over the lease duration, both given", args: []string{"--lease-duration=3s", "--renew-deadline=5s"}, want: "invalid renew deadline 5s: must be above 0 and below the lease duration 3s"},
 		{name: "a retry period over the derived renew deadline", args: []string{"--lease-duration=3s", "--retry-period=2s"}, want: "invalid retry period 2s: must be above 0 and below the renew deadline 2s"},
+		{name: "a kill-after within the time others wait", args: []string{"--kill-after=5s"}},
+		{name: "a kill-after past the time others wait", args: []string{"--kill-after=6s"}, want: "--kill-after 6s is longer than others wait once the lock is lost (lease duration 15s − renew deadline 10s = 5s)"},
+		{name: "a kill-after a longer lease allows", args: []string{"--kill-after=6s", "--lease-duration=30s"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := CheckArgs(tc.args)

@@ -97,7 +97,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.Cleanup, "unlock", o.Cleanup, "Same as --cleanup-lease.")
 
 	fs.VarP(signalValue{&o.Signal}, "signal", "s", "Signal sent to the command when the lock is lost (name or number).")
-	fs.VarP(durationValue{&o.KillAfter}, "kill-after", "k", "Also send KILL if the command still runs this long after --signal. 0 never sends it.")
+	fs.VarP(durationValue{&o.KillAfter}, "kill-after", "k", "When the lock is lost, send KILL this long after --signal if the command still runs.\nDefault and most: lease-duration − renew-deadline less a tenth (4.5s by default), before others may take the lock.")
 
 	fs.BoolVar(&o.Debug, "debug", o.Debug, "Log what klock does to stderr.")
 	fs.BoolVar(&o.Debug, "verbose", o.Debug, "Same as --debug.")
@@ -176,4 +176,20 @@ func restConfig(kubeconfig clientcmd.ClientConfig) (*rest.Config, error) {
 	// only add latency to a handoff.
 	rc.QPS, rc.Burst = 100, 200
 	return rc, nil
+}
+
+// killAfter is how long after --signal a command that still runs gets KILL
+// when the lock is lost. Others may take the Lease lease-duration −
+// renew-deadline after the loss, so the command is KILLed before that, with
+// a tenth of it to spare, unless -k asks for sooner; a -k longer than that
+// would let two commands run at once, and is refused.
+func (o *Options) killAfter(cfg klock.Config) (time.Duration, error) {
+	grace := cfg.LeaseDuration - cfg.RenewDeadline
+	if o.KillAfter > grace {
+		return 0, fmt.Errorf("--kill-after %s is longer than others wait once the lock is lost (lease duration %s − renew deadline %s = %s): lower --kill-after, or raise --lease-duration", o.KillAfter, cfg.LeaseDuration, cfg.RenewDeadline, grace)
+	}
+	if o.KillAfter > 0 {
+		return o.KillAfter, nil
+	}
+	return grace - grace/10, nil
 }

@@ -41,6 +41,10 @@ func Run(ctx context.Context, o *Options, s Streams) error {
 		return &ExitError{Code: ExitFailure, Err: err}
 	}
 	cfg = lock.Config()
+	killAfter, err := o.killAfter(cfg)
+	if err != nil {
+		return &ExitError{Code: ExitFailure, Err: err}
+	}
 
 	hold, err := acquire(ctx, o, lock, sigs)
 	if err != nil {
@@ -76,7 +80,7 @@ func Run(ctx context.Context, o *Options, s Streams) error {
 		started = hold.Err() == nil
 	)
 	if started {
-		runner := &process.Runner{Signals: sigs, StopSignal: o.Signal, KillAfter: o.KillAfter}
+		runner := &process.Runner{Signals: sigs, StopSignal: o.Signal, KillAfter: killAfter}
 		code, runErr = runner.Run(runCtx, o.Command, env)
 	}
 	stop()

@@ -43,7 +43,8 @@ Exit status:
   the command's own   the command ran; 128+N if signal N ended it
   -E (default 1)      the lock was not acquired: --wait elapsed, or --nonblock
   124                 the lock was lost while the command ran; the command got
-                      --signal (and KILL after --kill-after) first
+                      --signal, and KILL after --kill-after if still running,
+                      before anybody else could take the lock
   125                 klock failed: bad flags, no cluster, no permission
   126, 127            the command could not be run, or was not found
   128+N               klock got signal N while waiting for the lock

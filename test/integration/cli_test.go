@@ -585,3 +585,33 @@ func TestWaitingWithoutWatchPermission(t *testing.T) {
 	}
 	assertAfter(t, log, "a", "b")
 }
+
+// A command that ignores --signal is KILLed before others may take the
+// lock (lease duration − renew deadline after the loss), without -k: two
+// commands never run at once, even when one does not stop.
+func TestLostLockKillsACommandThatIgnoresTheSignal(t *testing.T) {
+	ns := namespace(t)
+	dir := t.TempDir()
+	log, pidFile := filepath.Join(dir, "log"), filepath.Join(dir, "pid")
+	proxy, err := newAPIProxy(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := append([]string{"-n", ns, "-l", "stubborn"}, fast...)
+	a := startKlock(t, proxy.kubeconfig, args, "sh", "-c", `trap "" TERM; echo $$ > "$0"; exec sleep 3600`, pidFile)
+	eventually(t, 30*time.Second, "a's command to start", func() bool { _, err := os.Stat(pidFile); return err == nil })
+	// b records whether a's command was still alive when b's started.
+	b := startKlock(t, cp.Kubeconfig, args, "sh", "-c", `kill -0 "$(cat "$0")" 2>/dev/null && echo alive > "$1"; exit 0`, pidFile, log)
+	time.Sleep(500 * time.Millisecond)
+
+	proxy.Cut()
+	if code := a.wait(t, 30*time.Second); code != 124 {
+		t.Fatalf("a exited %d, want 124 (lease lost); stderr: %s", code, a.stderr.String())
+	}
+	if code := b.wait(t, 30*time.Second); code != 0 {
+		t.Fatalf("b exited %d: %s", code, b.stderr.String())
+	}
+	if _, err := os.Stat(log); err == nil {
+		t.Error("b's command started while a's, which ignores TERM, was still running")
+	}
+}
