@@ -30,6 +30,8 @@ type ControlPlane struct {
 	Kubeconfig string
 	Client     kubernetes.Interface
 	dir        string
+	// restartable: see Options.Restartable.
+	restartable bool
 }
 
 // RepoRoot is the root of the klock repository.
@@ -52,6 +54,11 @@ type Options struct {
 	Webhook bool
 	// CRDs are files or directories of CustomResourceDefinitions.
 	CRDs []string
+	// Restartable keeps etcd's data and kube-apiserver's certificates in
+	// directories of the control plane's own, so that StopComponent,
+	// KillComponent and StartComponent can restart either process with
+	// the same data, ports and credentials (see restart.go).
+	Restartable bool
 }
 
 // StartWith is Start with what o says installed.
@@ -70,11 +77,18 @@ func StartWith(o Options) (*ControlPlane, error) {
 	if o.Webhook {
 		env.WebhookInstallOptions.Paths = []string{filepath.Join(RepoRoot(), "deploy", "base", "mutatingwebhookconfiguration.yaml")}
 	}
+	if o.Restartable {
+		if err := restartable(env, dir); err != nil {
+			_ = os.RemoveAll(dir)
+			return nil, err
+		}
+	}
 	cfg, err := env.Start()
 	if err != nil {
+		_ = os.RemoveAll(dir)
 		return nil, fmt.Errorf("starting the control plane: %w", err)
 	}
-	cp := &ControlPlane{env: env, dir: dir}
+	cp := &ControlPlane{env: env, dir: dir, restartable: o.Restartable}
 	user, err := env.AddUser(envtest.User{Name: "klock-admin", Groups: []string{"system:masters"}}, cfg)
 	if err != nil {
 		_ = cp.Stop()

@@ -3,6 +3,13 @@
 // that many probes append to at once, and detects overlap with a marker
 // file created exclusively, so that mutual exclusion is checked without
 // trusting clocks.
+//
+// A marker file stays behind when a probe is killed with SIGKILL, so the
+// fault tests, which kill holders, use -lockfile instead: an flock(2) that
+// the kernel drops when the last process holding it dies, however it dies.
+// With -shared several probes of one command (a shell and the children it
+// starts) hold it together, and a probe of any other command that starts
+// while one of them is still alive records the overlap.
 package main
 
 import (
@@ -16,6 +23,10 @@ import (
 	"time"
 )
 
+// lockFile holds the -lockfile lock; a global, so that no finalizer closes
+// it early.
+var lockFile *os.File
+
 func main() {
 	var (
 		logPath  = flag.String("log", "", "append events to this file")
@@ -26,6 +37,8 @@ func main() {
 		trap     = flag.Bool("trap", false, "on SIGTERM or SIGINT, record it and exit with 100+N")
 		argvPath = flag.String("argv", "", "write the arguments after the flags here, hex-encoded, and exit")
 		pidPath  = flag.String("pid", "", "write the PID here")
+		lockPath = flag.String("lockfile", "", "hold an flock on this file while running; failing to get it at once is an overlap")
+		shared   = flag.Bool("shared", false, "take the -lockfile lock shared, with the other probes of the same command")
 	)
 	flag.Parse()
 	if *argvPath != "" {
@@ -52,6 +65,18 @@ func main() {
 		} else {
 			_ = f.Close()
 		}
+	}
+	if *lockPath != "" {
+		how := syscall.LOCK_EX
+		if *shared {
+			how = syscall.LOCK_SH
+		}
+		f, err := os.OpenFile(*lockPath, os.O_CREATE|os.O_RDWR, 0o644)
+		must(err)
+		if err := syscall.Flock(int(f.Fd()), how|syscall.LOCK_NB); err != nil {
+			record(*logPath, "overlap", *name, "lockfile")
+		}
+		lockFile = f // kept open, and so locked, until the process is gone
 	}
 	select {
 	case <-time.After(*sleep):
