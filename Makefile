@@ -154,7 +154,7 @@ control-plane: $(ASSETS)/kube-apiserver $(ASSETS)/etcd ## Build kube-apiserver a
 # is the longest silent step a new checkout takes.
 $(ASSETS)/kube-apiserver $(ASSETS)/etcd &:
 	@echo "Building kube-apiserver and etcd $(KUBE_VERSION) from their Go modules into bin/ for the tests."
-	@echo "This happens once; on 2 cores with empty caches it takes about 15 minutes, module downloads included."
+	@echo "This happens once: about 20 CPU-minutes with empty caches, so 10 minutes on 2 idle cores and more on a busy machine."
 	@start=$$(date +%s); cd test && $(GO) list -deps k8s.io/kubernetes/cmd/kube-apiserver go.etcd.io/etcd/server/v3 >/dev/null && \
 		echo "control plane: modules downloaded ($$(( $$(date +%s) - start ))s)"
 	@start=$$(date +%s); mkdir -p $(ASSETS)/.build && cd test && \
