@@ -94,10 +94,10 @@ func TestContention(t *testing.T) {
 	starts, ends := 0, 0
 	identities := map[string]bool{}
 	for _, e := range events {
-		switch e.kind {
+		switch e.Kind {
 		case "start":
 			starts++
-			identities[e.fields[1]] = true
+			identities[e.Fields[1]] = true
 		case "end":
 			ends++
 		}
@@ -146,12 +146,12 @@ func handoffGaps(events []event) []time.Duration {
 	var gaps []time.Duration
 	var lastEnd time.Time
 	for _, e := range events {
-		switch e.kind {
+		switch e.Kind {
 		case "end":
-			lastEnd = e.at
+			lastEnd = e.At
 		case "start":
 			if !lastEnd.IsZero() {
-				gaps = append(gaps, e.at.Sub(lastEnd))
+				gaps = append(gaps, e.At.Sub(lastEnd))
 			}
 		}
 	}
@@ -162,7 +162,7 @@ func handoffGaps(events []event) []time.Duration {
 func countKind(events []event, kind string) int {
 	n := 0
 	for _, e := range events {
-		if e.kind == kind {
+		if e.Kind == kind {
 			n++
 		}
 	}

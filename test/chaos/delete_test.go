@@ -44,10 +44,10 @@ func TestLeaseDeleted(t *testing.T) {
 		a.expectExit(t, 30*time.Second, 124, "the lock was lost")
 		events := s.events()
 		sig := s.must(events, "signal", "a")
-		if sig.fields[0] != "terminated" {
-			t.Errorf("a's command got %s, want TERM", sig.fields[0])
+		if sig.Fields[0] != "terminated" {
+			t.Errorf("a's command got %s, want TERM", sig.Fields[0])
 		}
-		notice := sig.at.Sub(deleted)
+		notice := sig.At.Sub(deleted)
 		atMost(t, "TERM to the old holder's command after the delete", notice, tm.retry+slack)
 		return notice
 	}
@@ -68,7 +68,7 @@ func TestLeaseDeleted(t *testing.T) {
 		b.expectExit(t, 30*time.Second, 0, "b ran its command")
 		events := s.events()
 		checkExclusion(t, events)
-		got := s.must(events, "start", "b").at.Sub(b.started)
+		got := s.must(events, "start", "b").At.Sub(b.started)
 		atMost(t, "b's command to start on a deleted Lease", got, tm.retry+slack)
 		report(t, "f. Lease deleted while held, no waiter", "holder's command got TERM, klock exited 124; a new run got the lock with a higher token",
 			fmt.Sprintf("TERM ≤ retry %s after the delete (+%s slack)", tm.retry, slack),
@@ -89,7 +89,7 @@ func TestLeaseDeleted(t *testing.T) {
 		events := s.events()
 		checkTokens(t, events)
 		aEnd, bStart := s.must(events, "end", "a"), s.must(events, "start", "b")
-		overlap := max(0, aEnd.at.Sub(bStart.at))
+		overlap := max(0, aEnd.At.Sub(bStart.At))
 		atMost(t, "the forced unlock's overlap of the old and the new holder's commands", overlap, tm.retry+slack)
 		if t.Failed() {
 			t.Logf("the probe log:\n%s", dump(events))

@@ -32,15 +32,15 @@ func TestGrandchildren(t *testing.T) {
 	aEnd, bStart := s.must(events, "end", "a"), s.must(events, "start", "b")
 	bgStart := s.must(events, "start", "a-bg")
 	bgEnd, bgEnded := find(events, "end", "a-bg")
-	if bgEnded && bStart.at.Before(bgEnd.at) {
-		t.Errorf("b started at %s, while a's background grandchild still ran (it ended at %s)", bStart.at.Format(time.StampMicro), bgEnd.at.Format(time.StampMicro))
+	if bgEnded && bStart.At.Before(bgEnd.At) {
+		t.Errorf("b started at %s, while a's background grandchild still ran (it ended at %s)", bStart.At.Format(time.StampMicro), bgEnd.At.Format(time.StampMicro))
 	}
 	leftRunning := alive(pids[1])
 	if leftRunning {
 		t.Errorf("a's background grandchild (pid %d) still runs after b ran", pids[1])
 	}
-	took := bStart.at.Sub(aEnd.at)
-	atMost(t, "b's start after a's foreground probe ended", took, bgStart.at.Add(bgRun).Sub(aEnd.at)+tm.retry+slack)
+	took := bStart.At.Sub(aEnd.At)
+	atMost(t, "b's start after a's foreground probe ended", took, bgStart.At.Add(bgRun).Sub(aEnd.At)+tm.retry+slack)
 
 	did := "waited for the grandchild to exit, then released"
 	_, signalled := find(events, "signal", "a-bg")

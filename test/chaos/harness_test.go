@@ -1,13 +1,11 @@
 package chaos
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -17,6 +15,8 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/klock-io/klock/test/framework"
 )
 
 // timings are the lease timings of one scenario, passed to klock as flags.
@@ -194,14 +194,8 @@ func (k *klockRun) expectExit(t *testing.T, timeout time.Duration, want int, why
 	}
 }
 
-// event is a line of the probe log: kind (start, end, signal, overlap),
-// the probe's name, when, and the fields (for start: fencing token,
-// identity, lease, namespace).
-type event struct {
-	kind, name string
-	at         time.Time
-	fields     []string
-}
+// event is a line of the probe log.
+type event = framework.ProbeEvent
 
 // events reads the probe log in time order.
 func (s *scenario) events() []event {
@@ -211,38 +205,17 @@ func (s *scenario) events() []event {
 
 func readEvents(t *testing.T, path string) []event {
 	t.Helper()
-	f, err := os.Open(path)
-	if os.IsNotExist(err) {
-		return nil
-	}
+	events, err := framework.ReadProbeLog(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	var events []event
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		parts := strings.Fields(sc.Text())
-		if len(parts) < 3 {
-			t.Fatalf("malformed probe log line %q", sc.Text())
-		}
-		ns, err := strconv.ParseInt(parts[2], 10, 64)
-		if err != nil {
-			t.Fatalf("malformed time in %q", sc.Text())
-		}
-		events = append(events, event{kind: parts[0], name: parts[1], at: time.Unix(0, ns), fields: parts[3:]})
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
-	}
-	sort.SliceStable(events, func(i, j int) bool { return events[i].at.Before(events[j].at) })
 	return events
 }
 
 // find returns the first event of kind for name.
 func find(events []event, kind, name string) (event, bool) {
 	for _, e := range events {
-		if e.kind == kind && e.name == name {
+		if e.Kind == kind && e.Name == name {
 			return e, true
 		}
 	}
@@ -275,7 +248,7 @@ func (s *scenario) waitFor(kind, name string, timeout time.Duration) event {
 func dump(events []event) string {
 	var b strings.Builder
 	for _, e := range events {
-		fmt.Fprintf(&b, "  %s %-8s %-12s %s\n", e.at.Format("15:04:05.000000"), e.kind, e.name, strings.Join(e.fields, " "))
+		fmt.Fprintf(&b, "  %s %-8s %-12s %s\n", e.At.Format("15:04:05.000000"), e.Kind, e.Name, strings.Join(e.Fields, " "))
 	}
 	return b.String()
 }
@@ -283,12 +256,12 @@ func dump(events []event) string {
 // token is the fencing token a start event carries.
 func token(t *testing.T, e event) uint64 {
 	t.Helper()
-	if e.kind != "start" || len(e.fields) < 2 {
+	if e.Kind != "start" || len(e.Fields) < 2 {
 		t.Fatalf("no fencing token in %+v", e)
 	}
-	n, err := strconv.ParseUint(e.fields[0], 10, 64)
+	n, err := strconv.ParseUint(e.Fields[0], 10, 64)
 	if err != nil {
-		t.Fatalf("%s got fencing token %q: %v", e.name, e.fields[0], err)
+		t.Fatalf("%s got fencing token %q: %v", e.Name, e.Fields[0], err)
 	}
 	return n
 }
@@ -311,21 +284,21 @@ func commands(t *testing.T, events []event) []*command {
 	byName := map[string]*command{}
 	var out []*command
 	for _, e := range events {
-		switch e.kind {
+		switch e.Kind {
 		case "start":
 			tok := token(t, e)
-			key := e.fields[0] + " " + e.fields[1]
+			key := e.Fields[0] + " " + e.Fields[1]
 			c := byKey[key]
 			if c == nil {
-				c = &command{token: tok, first: e.at}
+				c = &command{token: tok, first: e.At}
 				byKey[key] = c
 				out = append(out, c)
 			}
-			c.names = append(c.names, e.name)
-			byName[e.name] = c
+			c.names = append(c.names, e.Name)
+			byName[e.Name] = c
 		case "end":
-			if c := byName[e.name]; c != nil && e.at.After(c.lastEnd) {
-				c.lastEnd = e.at
+			if c := byName[e.Name]; c != nil && e.At.After(c.lastEnd) {
+				c.lastEnd = e.At
 			}
 		}
 	}
@@ -339,9 +312,9 @@ func commands(t *testing.T, events []event) []*command {
 func checkNoOverlap(t *testing.T, events []event) {
 	t.Helper()
 	for i, e := range events {
-		if e.kind == "overlap" {
+		if e.Kind == "overlap" {
 			t.Errorf("%s found another command inside the lock at %s (%s); the log around it:\n%s",
-				e.name, e.at.Format(time.StampMicro), strings.Join(e.fields, " "), around(events, i))
+				e.Name, e.At.Format(time.StampMicro), strings.Join(e.Fields, " "), around(events, i))
 		}
 	}
 	var lastEnd time.Time

@@ -78,7 +78,7 @@ func TestHolderKilled(t *testing.T) {
 
 	// a renewed at most one retry period before the kill, and b may take
 	// over only a full lease duration after it saw that renewal.
-	took := bStart.at.Sub(killed)
+	took := bStart.At.Sub(killed)
 	if earliest := tm.lease - tm.retry; took < earliest {
 		t.Errorf("b took over %s after the kill, before a's lease could have expired (%s)", ms(took), earliest)
 	}
@@ -129,7 +129,7 @@ func TestRunAfterCrash(t *testing.T) {
 	did, measured := "skipped the run (took the Lease for held)", "-"
 	if ran {
 		did = "took the stale Lease and ran the command"
-		measured = "command started " + ms(cStart.at.Sub(c.started)) + " after klock"
+		measured = "command started " + ms(cStart.At.Sub(c.started)) + " after klock"
 	}
 	report(t, "h. -w 2s -E 0 run a lease + 3s after the holder's SIGKILL", did,
 		fmt.Sprintf("runs within the 2s wait (lease %s)", tm.lease), measured)

@@ -98,10 +98,10 @@ func TestLostResponses(t *testing.T) {
 
 			// A lost acquisition must not leave a waiting for its own
 			// Lease to expire.
-			startDelay := aStart.at.Sub(a.started)
+			startDelay := aStart.At.Sub(a.started)
 			atMost(t, "a's command to start", startDelay, tm.retry+slack)
 			aEnd, bStart := s.must(events, "end", "a"), s.must(events, "start", "b")
-			handoff := bStart.at.Sub(aEnd.at)
+			handoff := bStart.At.Sub(aEnd.At)
 			atMost(t, "the handoff after a's command ended", handoff, tm.retry+slack)
 			if l := s.lease("lost"); l != nil && holder(l) != "" {
 				t.Errorf("the Lease is still held by %q after both ran", holder(l))

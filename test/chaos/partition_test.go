@@ -66,22 +66,22 @@ func TestPartitionedHolder(t *testing.T) {
 		t.Fatalf("a write went through after the cut: %+v", last)
 	}
 	sig := s.must(events, "signal", "a")
-	if sig.fields[0] != "terminated" {
-		t.Errorf("a's command got %s, want TERM", sig.fields[0])
+	if sig.Fields[0] != "terminated" {
+		t.Errorf("a's command got %s, want TERM", sig.Fields[0])
 	}
 	expiry := last.Sent.Add(tm.lease)
-	if !sig.at.Before(expiry) {
+	if !sig.At.Before(expiry) {
 		t.Errorf("a's command got TERM at %s, not before the lease could expire for b (%s: the last renewal sent + %s)",
-			sig.at.Format(time.StampMicro), expiry.Format(time.StampMicro), tm.lease)
+			sig.At.Format(time.StampMicro), expiry.Format(time.StampMicro), tm.lease)
 	}
-	signalled := sig.at.Sub(last.Sent)
+	signalled := sig.At.Sub(last.Sent)
 	atMost(t, "TERM after the last renewal sent", signalled, tm.renew+slack)
 
 	aEnd, bStart := s.must(events, "end", "a"), s.must(events, "start", "b")
-	if bStart.at.Before(aEnd.at) {
-		t.Errorf("b started at %s, before a's command ended at %s", bStart.at.Format(time.StampMicro), aEnd.at.Format(time.StampMicro))
+	if bStart.At.Before(aEnd.At) {
+		t.Errorf("b started at %s, before a's command ended at %s", bStart.At.Format(time.StampMicro), aEnd.At.Format(time.StampMicro))
 	}
-	took := bStart.at.Sub(last.Sent)
+	took := bStart.At.Sub(last.Sent)
 	if took < tm.lease {
 		t.Errorf("b took over %s after a's last renewal was sent, before the lease duration %s", ms(took), tm.lease)
 	}
@@ -89,7 +89,7 @@ func TestPartitionedHolder(t *testing.T) {
 	report(t, "c. holder cut off from the API server (proxy cut), 1 waiter",
 		"holder's command got TERM, klock exited 124; the waiter took over after the command ended",
 		fmt.Sprintf("TERM ≤ renew deadline %s after the last renewal, before the lease %s; takeover in [lease, lease + retry %s]", tm.renew, tm.lease, tm.retry),
-		fmt.Sprintf("TERM %s, takeover %s after the last renewal (%s after the command ended)", ms(signalled), ms(took), ms(bStart.at.Sub(aEnd.at))))
+		fmt.Sprintf("TERM %s, takeover %s after the last renewal (%s after the command ended)", ms(signalled), ms(took), ms(bStart.At.Sub(aEnd.At))))
 }
 
 // c. The holder's API server is slow: every request of the holder's waits
@@ -130,7 +130,7 @@ func TestSlowAPIServer(t *testing.T) {
 			sig, signalled := find(events, "signal", "a")
 			if !tc.lost {
 				if signalled {
-					t.Errorf("a's command got %s with requests delayed by %s, below the retry period %s", sig.fields[0], tc.delay, tm.retry)
+					t.Errorf("a's command got %s with requests delayed by %s, below the retry period %s", sig.Fields[0], tc.delay, tm.retry)
 				}
 				report(t, fmt.Sprintf("c. holder's requests delayed %s", tc.delay), "holder kept the lock; its command ran to the end",
 					fmt.Sprintf("no loss with a delay below the retry period %s", tm.retry), "a's command never signalled")
@@ -145,9 +145,9 @@ func TestSlowAPIServer(t *testing.T) {
 					last = w.Sent
 				}
 			}
-			signalledAfter := sig.at.Sub(last)
+			signalledAfter := sig.At.Sub(last)
 			atMost(t, "TERM after the last renewal sent before the delay", signalledAfter, tm.renew+slack)
-			if !sig.at.Before(last.Add(tm.lease)) {
+			if !sig.At.Before(last.Add(tm.lease)) {
 				t.Errorf("a's command got TERM %s after its last renewal was sent, not before the lease %s could expire", ms(signalledAfter), tm.lease)
 			}
 			report(t, fmt.Sprintf("c. holder's requests delayed %s", tc.delay), "holder's command got TERM, klock exited 124; the waiter took over after the command ended",

@@ -60,7 +60,7 @@ func TestControlPlaneRestart(t *testing.T) {
 				t.Fatalf("the holder exited %d during the restart; its output:\n%s", a.code, a.output())
 			}
 			if e, ok := find(s.events(), "signal", "a"); ok {
-				t.Errorf("the holder's command was signalled (%v) during a %s outage shorter than the renew deadline", e.fields, ms(outage))
+				t.Errorf("the holder's command was signalled (%v) during a %s outage shorter than the renew deadline", e.Fields, ms(outage))
 			}
 
 			a.signal(t, syscall.SIGTERM) // forwarded: the probe exits 115
@@ -107,7 +107,7 @@ func bounce(t *testing.T, c framework.Component, kill bool) time.Duration {
 // so on.
 func handoffTimes(t *testing.T, s *scenario, events []event, first string, waiters ...string) []time.Duration {
 	t.Helper()
-	prevEnd := s.must(events, "end", first).at
+	prevEnd := s.must(events, "end", first).At
 	var starts []event
 	for _, w := range waiters {
 		starts = append(starts, s.must(events, "start", w))
@@ -116,12 +116,12 @@ func handoffTimes(t *testing.T, s *scenario, events []event, first string, waite
 	for len(starts) > 0 {
 		next := 0
 		for i := range starts {
-			if starts[i].at.Before(starts[next].at) {
+			if starts[i].At.Before(starts[next].At) {
 				next = i
 			}
 		}
-		out = append(out, starts[next].at.Sub(prevEnd))
-		prevEnd = s.must(events, "end", starts[next].name).at
+		out = append(out, starts[next].At.Sub(prevEnd))
+		prevEnd = s.must(events, "end", starts[next].Name).At
 		starts = append(starts[:next], starts[next+1:]...)
 	}
 	return out
@@ -178,16 +178,16 @@ func TestEtcdOutage(t *testing.T) {
 	events := s.events()
 	checkExclusion(t, events)
 	sig, ok := find(events, "signal", "a")
-	if !ok || sig.fields[0] != "terminated" {
+	if !ok || sig.Fields[0] != "terminated" {
 		t.Fatalf("the holder's command was not sent TERM; the probe log:\n%s", dump(events))
 	}
-	signalled := sig.at.Sub(stopped)
+	signalled := sig.At.Sub(stopped)
 	atMost(t, "signalling the holder's command after etcd stopped", signalled, tm.renew+slack)
 	bStart := s.must(events, "start", "b")
-	if bStart.at.Before(back) {
-		t.Errorf("b started at %s, before etcd was back at %s", bStart.at.Format(time.StampMicro), back.Format(time.StampMicro))
+	if bStart.At.Before(back) {
+		t.Errorf("b started at %s, before etcd was back at %s", bStart.At.Format(time.StampMicro), back.Format(time.StampMicro))
 	}
-	took := bStart.at.Sub(back)
+	took := bStart.At.Sub(back)
 	atMost(t, "the takeover after etcd came back", took, tm.lease+tm.retry+slack)
 	report(t, "d. etcd stopped for renew deadline + 3s while 1 holds, 1 waits",
 		"holder's command got TERM, klock exited 124; the waiter took over after etcd returned",

@@ -32,7 +32,7 @@ type eventLog struct {
 func (l *eventLog) add(kind, name string, fields ...string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.events = append(l.events, event{kind: kind, name: name, at: time.Now(), fields: fields})
+	l.events = append(l.events, event{Kind: kind, Name: name, At: time.Now(), Fields: fields})
 }
 
 func (l *eventLog) all() []event {

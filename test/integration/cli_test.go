@@ -42,26 +42,26 @@ func TestContendingProcessesNeverOverlap(t *testing.T) {
 	var lastToken uint64
 	identities := map[string]bool{}
 	for _, e := range events {
-		switch e.kind {
+		switch e.Kind {
 		case "overlap":
-			t.Errorf("%s found another command inside the lock", e.name)
+			t.Errorf("%s found another command inside the lock", e.Name)
 		case "start":
 			starts++
-			if e.at.Before(lastEnd) {
-				t.Errorf("%s started at %s, before the previous holder ended at %s", e.name, e.at, lastEnd)
+			if e.At.Before(lastEnd) {
+				t.Errorf("%s started at %s, before the previous holder ended at %s", e.Name, e.At, lastEnd)
 			}
-			token, err := strconv.ParseUint(e.fields[0], 10, 64)
+			token, err := strconv.ParseUint(e.Fields[0], 10, 64)
 			if err != nil {
-				t.Fatalf("%s got fencing token %q: %v", e.name, e.fields[0], err)
+				t.Fatalf("%s got fencing token %q: %v", e.Name, e.Fields[0], err)
 			}
 			if token <= lastToken {
-				t.Errorf("%s got fencing token %d, not above the previous %d", e.name, token, lastToken)
+				t.Errorf("%s got fencing token %d, not above the previous %d", e.Name, token, lastToken)
 			}
 			lastToken = token
-			identities[e.fields[1]] = true
+			identities[e.Fields[1]] = true
 		case "end":
 			ends++
-			lastEnd = e.at
+			lastEnd = e.At
 		}
 	}
 	if starts != n || ends != n {
@@ -127,10 +127,10 @@ func TestTakeoverAfterHolderIsKilled(t *testing.T) {
 	}
 	// a renewed at most one retry period (300ms) before it was killed, and b
 	// may take over only a full lease duration (2s) after it saw that.
-	if earliest := killed.Add(2*time.Second - 300*time.Millisecond); bStart.at.Before(earliest) {
-		t.Errorf("b took over at %s, before a's lease could have expired (%s)", bStart.at, earliest)
+	if earliest := killed.Add(2*time.Second - 300*time.Millisecond); bStart.At.Before(earliest) {
+		t.Errorf("b took over at %s, before a's lease could have expired (%s)", bStart.At, earliest)
 	}
-	if got := bStart.fields[1]; holder(getLease(t, ns, "takeover")) != "" || got == "" {
+	if got := bStart.Fields[1]; holder(getLease(t, ns, "takeover")) != "" || got == "" {
 		t.Errorf("after b: holder %q, b's identity %q", holder(getLease(t, ns, "takeover")), got)
 	}
 }
@@ -160,7 +160,7 @@ func TestRenewFailureStopsCommandBeforeLeaseExpires(t *testing.T) {
 	}
 	events := readLog(t, log)
 	sig, ok := find(events, "signal", "a")
-	if !ok || sig.fields[0] != "terminated" {
+	if !ok || sig.Fields[0] != "terminated" {
 		t.Fatalf("a's command was not sent SIGTERM: %+v", events)
 	}
 	assertAfter(t, log, "a", "b")
@@ -316,9 +316,9 @@ func TestFencingTokenGrowsAcrossDeletion(t *testing.T) {
 			t.Fatalf("%s: exit code %d; stderr: %s", name, code, k.stderr.String())
 		}
 		start, _ := find(readLog(t, log), "start", name)
-		token, err := strconv.ParseUint(start.fields[0], 10, 64)
+		token, err := strconv.ParseUint(start.Fields[0], 10, 64)
 		if err != nil {
-			t.Fatalf("%s: token %q: %v", name, start.fields[0], err)
+			t.Fatalf("%s: token %q: %v", name, start.Fields[0], err)
 		}
 		if token <= last {
 			t.Errorf("%s (%v): token %d not above the previous %d", name, args, token, last)
@@ -369,7 +369,7 @@ func TestNamespaceAndIdentity(t *testing.T) {
 				t.Fatalf("exit code %d; stderr: %s", code, k.stderr.String())
 			}
 			start, _ := find(readLog(t, log), "start", "q")
-			identity, lease, namespace := start.fields[1], start.fields[2], start.fields[3]
+			identity, lease, namespace := start.Fields[1], start.Fields[2], start.Fields[3]
 			if lease != "env" || namespace != tc.wantNamespace {
 				t.Errorf("lease %s/%s, want %s/env", namespace, lease, tc.wantNamespace)
 			}
@@ -426,7 +426,7 @@ func TestNestedKlockGivesTheInnerLease(t *testing.T) {
 		t.Fatalf("exit code %d; stderr: %s", code, k.stderr.String())
 	}
 	start, _ := find(readLog(t, log), "start", "p")
-	if lease := start.fields[2]; lease != "inner" {
+	if lease := start.Fields[2]; lease != "inner" {
 		t.Errorf("the inner command saw KLOCK_LEASE=%s, want inner", lease)
 	}
 }
@@ -542,7 +542,7 @@ func TestAsPID1(t *testing.T) {
 		if code := k.wait(t, 30*time.Second); code != 100+15 {
 			t.Fatalf("exit code %d, want 115 (the probe's answer to TERM); stderr: %s", code, k.stderr.String())
 		}
-		if sig, ok := find(readLog(t, log), "signal", "p"); !ok || sig.fields[0] != "terminated" {
+		if sig, ok := find(readLog(t, log), "signal", "p"); !ok || sig.Fields[0] != "terminated" {
 			t.Error("the command did not get SIGTERM")
 		}
 	})

@@ -3,15 +3,11 @@
 package integration
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"net/url"
 	"os"
 	"os/exec"
-	"sort"
-	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -129,43 +125,21 @@ func probe(log, name string, args ...string) []string {
 }
 
 // event is a line of a probe log.
-type event struct {
-	kind, name string
-	at         time.Time
-	fields     []string
-}
+type event = framework.ProbeEvent
 
 func readLog(t *testing.T, path string) []event {
 	t.Helper()
-	f, err := os.Open(path)
-	if os.IsNotExist(err) {
-		return nil
-	}
+	events, err := framework.ReadProbeLog(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	var events []event
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		parts := strings.Fields(sc.Text())
-		if len(parts) < 3 {
-			t.Fatalf("malformed probe log line %q", sc.Text())
-		}
-		ns, err := strconv.ParseInt(parts[2], 10, 64)
-		if err != nil {
-			t.Fatalf("malformed time in %q", sc.Text())
-		}
-		events = append(events, event{kind: parts[0], name: parts[1], at: time.Unix(0, ns), fields: parts[3:]})
-	}
-	sort.SliceStable(events, func(i, j int) bool { return events[i].at.Before(events[j].at) })
 	return events
 }
 
 // find returns the first event of kind for name.
 func find(events []event, kind, name string) (event, bool) {
 	for _, e := range events {
-		if e.kind == kind && e.name == name {
+		if e.Kind == kind && e.Name == name {
 			return e, true
 		}
 	}
@@ -231,7 +205,7 @@ func assertAfter(t *testing.T, log, first, second string) {
 	events := readLog(t, log)
 	end, ended := find(events, "end", first)
 	start, started := find(events, "start", second)
-	if !ended || !started || start.at.Before(end.at) {
-		t.Errorf("%s started at %v (ran: %v), before %s ended at %v (ended: %v)", second, start.at, started, first, end.at, ended)
+	if !ended || !started || start.At.Before(end.At) {
+		t.Errorf("%s started at %v (ran: %v), before %s ended at %v (ended: %v)", second, start.At, started, first, end.At, ended)
 	}
 }
