@@ -232,6 +232,25 @@ func TestClusterLockPolicy(t *testing.T) {
 		}
 	})
 
+	t.Run("a pod whose ownerReference has another Job's uid is denied", func(t *testing.T) {
+		// The author of a pod writes its ownerReferences: with the
+		// scheduled Job's uid and the standalone Job's name, it must
+		// neither pass as the CronJob's pod nor leave its own workload
+		// in the owner cache under that uid.
+		p := ownedPod("forged-owner", batch, standalone, "Job", "batch/v1")
+		p.OwnerReferences[0].UID = scheduled.UID
+		if _, err := pods(selected).Create(ctx, p, metav1.CreateOptions{}); err == nil || !strings.Contains(err.Error(), "not the pod's owner") {
+			t.Fatalf("err = %v, want a denial saying the ownerReference is not the pod's owner", err)
+		}
+		got, err := pods(selected).Create(ctx, ownedPod("nightly-29000000-fghij", batch, scheduled, "Job", "batch/v1"), metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if lease := wrappedLease(t, got); lease != "cronjob-nightly" {
+			t.Errorf("the CronJob's pod after the forged one: lease %q, want cronjob-nightly", lease)
+		}
+	})
+
 	t.Run("pods the selectors do not match are untouched", func(t *testing.T) {
 		for ns, labels := range map[string]map[string]string{other: batch, selected: {"tier": "web"}} {
 			got, err := pods(ns).Create(ctx, ownedPod("unselected", labels, scheduled, "Job", "batch/v1"), metav1.CreateOptions{})

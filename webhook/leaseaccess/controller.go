@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -117,7 +118,10 @@ func (r *Reconciler) reconcile(ctx context.Context, obj client.Object, key types
 	if err != nil {
 		return reconcile.Result{}, err
 	}
-	grant := want.merge(kept)
+	grant, err := r.grantable(ctx, key.Namespace, w, want.merge(kept))
+	if err != nil {
+		return reconcile.Result{}, err
+	}
 	if grant == nil {
 		return reconcile.Result{}, r.revoke(ctx, key.Namespace, name)
 	}
@@ -185,6 +189,56 @@ func (r *Reconciler) grant(ctx context.Context, w policy.WorkloadTemplate) (*lea
 		leases:          []string{pod.Annotations[wrap.AnnotationLease]},
 		verbs:           slices.DeleteFunc(verbs, func(v string) bool { return v == "create" }),
 	}, nil
+}
+
+// grantable returns g without the Lease names that may not be granted
+// (see refusal), logging why each is left out, or nil when none is left.
+// The name comes from the workload's own annotation, which anyone who may
+// create the workload writes: granting it unchecked would give them
+// update and delete on any Lease of the namespace, such as an operator's
+// leader election Lease. A name granted earlier and refused now (its
+// Lease was created since, by someone else) is dropped from the Role too.
+func (r *Reconciler) grantable(ctx context.Context, ns string, w policy.WorkloadTemplate, g *leaseGrant) (*leaseGrant, error) {
+	if g == nil {
+		return nil, nil
+	}
+	var leases []string
+	for _, name := range g.leases {
+		why, err := r.refusal(ctx, ns, name)
+		if err != nil {
+			return nil, err
+		}
+		if why != "" {
+			ctrl.LoggerFrom(ctx).Info("not granting the workload's Lease", "kind", w.Kind, "workload", w.Name, "lease", name, "reason", why)
+			continue
+		}
+		leases = append(leases, name)
+	}
+	if len(leases) == 0 {
+		return nil, nil
+	}
+	out := *g
+	out.leases = leases
+	return &out, nil
+}
+
+// refusal reads the Lease name in ns, through the API server (no cache of
+// every Lease in the cluster), and says why it may not be granted, or ""
+// when it may.
+func (r *Reconciler) refusal(ctx context.Context, ns, name string) (string, error) {
+	if why := invalidLeaseName(name); why != "" {
+		return why, nil
+	}
+	lease := &metav1.PartialObjectMetadata{}
+	lease.SetGroupVersionKind(coordinationv1.SchemeGroupVersion.WithKind("Lease"))
+	err := r.API.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, lease)
+	if apierrors.IsNotFound(err) {
+		return "", nil // klock will create it
+	}
+	if err != nil {
+		return "", fmt.Errorf("reading Lease %s/%s, to check that klock created it: %w", ns, name, err)
+	}
+	return foreignLease(lease), nil
 }
 
 // inUse returns what the existing Role name grants beyond want that wrapped

@@ -15,6 +15,7 @@ import (
 
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/lru"
@@ -29,6 +30,18 @@ import (
 type Reviewer struct {
 	client  kubernetes.Interface
 	answers *lru.Cache // review key → accessAnswer
+	// leaseAccess: the Lease access controller runs, and the webhook may
+	// get Leases, so Warnings also says when it will not grant the Lease.
+	leaseAccess bool
+}
+
+// WithLeaseAccess makes Warnings also say when the pod's Lease exists and
+// was not created by klock, which the Lease access controller does not
+// grant. It reads the Lease, with get on leases, which the webhook has
+// when lease access is on.
+func (a *Reviewer) WithLeaseAccess() *Reviewer {
+	a.leaseAccess = true
+	return a
 }
 
 const accessTTL = 30 * time.Second
@@ -60,6 +73,11 @@ func (a *Reviewer) Warnings(ctx context.Context, pod *corev1.Pod) []string {
 	warnings, err := a.review(ctx, ns, sa, lease, verbs)
 	if err != nil {
 		return []string{fmt.Sprintf("could not check whether service account %s/%s may use Leases: %v", ns, sa, err)}
+	}
+	if a.leaseAccess {
+		if w := a.foreign(ctx, ns, lease); w != "" {
+			warnings = append(warnings, w)
+		}
 	}
 	a.answers.Add(key, accessAnswer{warnings: warnings, expires: time.Now().Add(accessTTL)})
 	return warnings
@@ -103,6 +121,25 @@ func (a *Reviewer) review(ctx context.Context, ns, sa, lease string, verbs []str
 		"kubectl -n %s create role klock-lease-holder --verb=%s --resource=leases.coordination.k8s.io && "+
 		"kubectl -n %s create rolebinding klock-lease-holder-%s --role=klock-lease-holder --serviceaccount=%s:%s",
 		ns, sa, strings.Join(missing, ", "), ns, ns, strings.Join(verbs, ","), ns, sa, ns, sa)}, nil
+}
+
+// foreign warns when Lease ns/name exists and klock did not create it.
+func (a *Reviewer) foreign(ctx context.Context, ns, name string) string {
+	if invalidLeaseName(name) != "" {
+		return "" // the mutation denies the pod and says why
+	}
+	lease, err := a.client.CoordinationV1().Leases(ns).Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return ""
+	}
+	if err != nil {
+		return fmt.Sprintf("could not check whether klock created Lease %s/%s: %v", ns, name, err)
+	}
+	if why := foreignLease(lease); why != "" {
+		return why + " to the pod's service account by the Lease access controller, and the pod would hold someone else's Lease; " +
+			"name a Lease of klock's own in " + wrap.AnnotationLease
+	}
+	return ""
 }
 
 // Verbs are the verbs klock uses on its Lease: it reads and watches

@@ -17,12 +17,24 @@ import (
 
 // ClusterPolicies reads policies and namespaces from the manager's cache,
 // and a pod's owners from the API server: one GET of the owner's metadata
-// for a Job's or a ReplicaSet's pod, remembered by the owner's UID, since
-// the pods of one owner come in bursts and its own owner does not change.
+// for a Job's or a ReplicaSet's pod, remembered by the owner's namespace
+// and UID, since the pods of one owner come in bursts and its own owner does
+// not change.
 type ClusterPolicies struct {
 	cache  client.Reader
 	api    client.Reader
-	owners *lru.Cache // owner UID → Workload
+	owners *lru.Cache // ownerKey → Workload
+}
+
+// ownerKey names a cached owner. The ownerReference it comes from is
+// written by the pod's author: the namespace keeps a pod in one namespace
+// from reading or filling the entry of an owner in another, and the kind
+// and name keep a reference that does not match the owner read under its
+// UID from hitting the entry.
+type ownerKey struct {
+	namespace  string
+	uid        types.UID
+	kind, name string
 }
 
 // NewClusterPolicies returns a ClusterPolicies that reads policies and
@@ -87,7 +99,8 @@ func (s *ClusterPolicies) Workload(ctx context.Context, pod *corev1.Pod) (Worklo
 	default:
 		return own, nil
 	}
-	if w, ok := s.owners.Get(ref.UID); ok {
+	key := ownerKey{namespace: pod.Namespace, uid: ref.UID, kind: ref.Kind, name: ref.Name}
+	if w, ok := s.owners.Get(key); ok {
 		return w.(Workload), nil
 	}
 	owner := &metav1.PartialObjectMetadata{}
@@ -97,9 +110,27 @@ func (s *ClusterPolicies) Workload(ctx context.Context, pod *corev1.Pod) (Worklo
 		// is unknown, and it must not pass unwrapped by mistake.
 		return Workload{}, fmt.Errorf("reading the pod's %s %s, to find its workload: %w", ref.Kind, ref.Name, err)
 	}
+	if err := sameOwner(owner, ref, pod.Namespace); err != nil {
+		// An ownerReference whose UID is not the named object's is a pod's
+		// author naming another workload's owner, or an owner replaced by
+		// one of the same name: either way its workload is unknown, as
+		// when the owner is not found.
+		return Workload{}, err
+	}
 	if up := metav1.GetControllerOf(owner); up != nil && up.Kind == parentKind {
 		own = Workload{Kind: up.Kind, Name: up.Name}
 	}
-	s.owners.Add(ref.UID, own)
+	s.owners.Add(key, own)
 	return own, nil
+}
+
+// sameOwner fails unless owner, read from the API server, is the object
+// ref names in namespace ns.
+func sameOwner(owner *metav1.PartialObjectMetadata, ref *metav1.OwnerReference, ns string) error {
+	if owner.GetUID() == ref.UID && owner.GetNamespace() == ns && owner.GetName() == ref.Name && owner.Kind == ref.Kind {
+		return nil
+	}
+	return fmt.Errorf("the pod's ownerReference names %s %s/%s with uid %s, but that %s is %s/%s with uid %s: not the pod's owner, so its workload is unknown; "+
+		"set the ownerReference to the owner's own uid, or leave the pod to its controller",
+		ref.Kind, ns, ref.Name, ref.UID, ref.Kind, owner.GetNamespace(), owner.GetName(), owner.GetUID())
 }
