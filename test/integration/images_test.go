@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -217,4 +219,93 @@ func TestWebhookReadsImageEntrypoints(t *testing.T) {
 			}
 		}
 	})
+}
+
+// spaces is a body of n spaces, made as it is read: a huge body costs the
+// test no memory.
+type spaces struct{ n int64 }
+
+func (s *spaces) Read(p []byte) (int, error) {
+	if s.n == 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > s.n {
+		p = p[:s.n]
+	}
+	for i := range p {
+		p[i] = ' '
+	}
+	s.n -= int64(len(p))
+	return len(p), nil
+}
+
+// A registry the pod author chose may answer anything, or nothing: the pod
+// is denied with the image, the reason and the fix, in the webhook's own
+// words, and within the webhook's timeout.
+func TestImageRegistryFaults(t *testing.T) {
+	ns := namespace(t)
+	ctx := context.Background()
+	const marker = "MARKER-from-the-registry-body"
+	var cut atomic.Bool // the webhook hung up on a body it would not read whole
+	reg := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.URL.Path == "/v2/":
+			w.WriteHeader(http.StatusOK)
+		case strings.HasPrefix(r.URL.Path, "/v2/structured/"):
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusNotFound)
+			io.WriteString(w, `{"errors":[{"code":"MANIFEST_UNKNOWN","message":"`+marker+`","detail":"`+marker+`"}]}`)
+		case strings.HasPrefix(r.URL.Path, "/v2/huge/"):
+			w.WriteHeader(http.StatusInternalServerError)
+			if _, err := io.Copy(w, io.MultiReader(strings.NewReader(marker), &spaces{n: 256 << 20})); err != nil {
+				cut.Store(true)
+			}
+		case strings.HasPrefix(r.URL.Path, "/v2/hanging/"):
+			<-r.Context().Done()
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	t.Cleanup(reg.Close)
+	host := strings.TrimPrefix(reg.URL, "http://")
+	startWebhook(t)
+
+	const fix = "set command (and args) in the pod spec"
+	// By digest: a tag costs a HEAD first, whose answer has no body.
+	const digest = "@sha256:0000000000000000000000000000000000000000000000000000000000000000"
+	for _, tc := range []struct {
+		name, image, reason string
+	}{
+		{name: "a registry error whose body says anything",
+			image: host + "/structured/image" + digest, reason: "the registry answered HTTP 404 Not Found (MANIFEST_UNKNOWN)"},
+		{name: "an error body of 256 MiB",
+			image: host + "/huge/image" + digest, reason: "the registry's error body (HTTP 500) is over the 4 KiB limit"},
+		{name: "a registry that never answers",
+			image: host + "/hanging/image:v1", reason: "the registry did not answer within 3s"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := pod("", map[string]string{wrap.AnnotationLease: "images"}, corev1.Container{Name: "app", Image: tc.image})
+			p.GenerateName = "faulty-"
+			_, err := cp.Client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{})
+			if err == nil {
+				t.Fatal("admitted, want a denial")
+			}
+			msg := err.Error()
+			for _, want := range []string{fmt.Sprintf("image %q", tc.image), tc.reason, fix} {
+				if !strings.Contains(msg, want) {
+					t.Errorf("denial %q, want it to contain %q", msg, want)
+				}
+			}
+			if strings.Contains(msg, marker) {
+				t.Errorf("denial %q holds what the registry sent", msg)
+			}
+			if strings.Contains(msg, "\n") {
+				t.Errorf("denial %q is more than one line", msg)
+			}
+		})
+	}
+	reg.Close() // waits for the handlers
+	if !cut.Load() {
+		t.Error("the webhook read the 256 MiB error body whole: the registry's writes never failed")
+	}
 }

@@ -6,9 +6,13 @@ package images
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
+	"strings"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	kauth "github.com/google/go-containerregistry/pkg/authn/kubernetes"
@@ -33,28 +37,67 @@ type Resolver struct {
 	client   kubernetes.Interface
 	platform v1.Platform
 	cache    *lru.Cache
+	timeout  time.Duration
 	opts     []remote.Option
+}
+
+// DefaultTimeout bounds one resolution, well inside the webhook's
+// timeoutSeconds (5 in deploy/ and the chart), so that a slow registry
+// gets the pod denied with a reason rather than the API server's timeout.
+const DefaultTimeout = 3 * time.Second
+
+// Option configures a Resolver.
+type Option func(*Resolver)
+
+// WithTimeout bounds each resolution, all its requests together, to d.
+func WithTimeout(d time.Duration) Option {
+	return func(r *Resolver) { r.timeout = d }
 }
 
 // NewResolver returns a resolver that reads pull secrets with
 // client, picks platform for images that have several unless the pod's
 // nodeSelector names an OS or architecture, and caches up to cacheSize
-// configs. transport may be nil.
-func NewResolver(client kubernetes.Interface, platform v1.Platform, cacheSize int, transport http.RoundTripper) *Resolver {
-	r := &Resolver{client: client, platform: platform, cache: lru.New(cacheSize)}
-	if transport != nil {
-		r.opts = append(r.opts, remote.WithTransport(transport))
+// configs. transport may be nil. Every response body is capped (see
+// MaxContentBytes) and each resolution ends after DefaultTimeout unless
+// WithTimeout says otherwise.
+func NewResolver(client kubernetes.Interface, platform v1.Platform, cacheSize int, transport http.RoundTripper, options ...Option) *Resolver {
+	r := &Resolver{client: client, platform: platform, cache: lru.New(cacheSize), timeout: DefaultTimeout}
+	for _, o := range options {
+		o(r)
+	}
+	if transport == nil {
+		base := remote.DefaultTransport.(*http.Transport).Clone()
+		base.MaxResponseHeaderBytes = maxHeaderBytes
+		transport = base
+	}
+	r.opts = []remote.Option{
+		remote.WithTransport(&limitTransport{inner: transport}),
+		// Retrying a status costs another body and more of the deadline,
+		// and the API server's client retries the pod anyway. Errors
+		// before any response (no body) are still retried, within the
+		// deadline.
+		remote.WithRetryStatusCodes(),
 	}
 	return r
 }
 
 // Resolve returns what container c of pod runs when it sets no command:
 // its image's ENTRYPOINT and CMD. An error says why the image could not be
-// read.
+// read, in words of its own: it never carries what the registry sent.
 func (r *Resolver) Resolve(ctx context.Context, pod *corev1.Pod, c *corev1.Container) (*wrap.ImageCommand, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	cmd, err := r.resolve(ctx, pod, c)
+	if err != nil {
+		return nil, r.explain(ctx, err)
+	}
+	return cmd, nil
+}
+
+func (r *Resolver) resolve(ctx context.Context, pod *corev1.Pod, c *corev1.Container) (*wrap.ImageCommand, error) {
 	ref, err := name.ParseReference(c.Image)
 	if err != nil {
-		return nil, fmt.Errorf("cannot parse the image reference: %w", err)
+		return nil, &Error{Reason: fmt.Sprintf("cannot parse the image reference: %v", err), Err: err}
 	}
 	platform := r.platformFor(pod)
 	digest, byDigest := ref.(name.Digest)
@@ -71,7 +114,7 @@ func (r *Resolver) Resolve(ctx context.Context, pod *corev1.Pod, c *corev1.Conta
 	if !byDigest {
 		desc, err := remote.Head(ref, opts...)
 		if err != nil {
-			return nil, explain(err)
+			return nil, err
 		}
 		digest = ref.Context().Digest(desc.Digest.String())
 		if cached, ok := r.cache.Get(cacheKey(digest, platform)); ok {
@@ -80,7 +123,10 @@ func (r *Resolver) Resolve(ctx context.Context, pod *corev1.Pod, c *corev1.Conta
 	}
 	img, err := remote.Image(digest, append(opts, remote.WithPlatform(platform))...)
 	if err != nil {
-		return nil, explain(err)
+		if strings.HasPrefix(err.Error(), "no child with platform") { // go-containerregistry's words, index.go
+			return nil, &Error{Reason: fmt.Sprintf("the image has no build for platform %s (the pod's nodeSelector, else --default-platform)", platform), Err: err}
+		}
+		return nil, err
 	}
 	cfg, err := img.ConfigFile()
 	if err != nil {
@@ -93,13 +139,79 @@ func (r *Resolver) Resolve(ctx context.Context, pod *corev1.Pod, c *corev1.Conta
 
 func cacheKey(d name.Digest, p v1.Platform) string { return d.String() + " " + p.String() }
 
-// explain adds the likely cause to a registry's refusal.
-func explain(err error) error {
-	var terr *transport.Error
-	if errors.As(err, &terr) && (terr.StatusCode == http.StatusUnauthorized || terr.StatusCode == http.StatusForbidden) {
-		return fmt.Errorf("%w (the pod's imagePullSecrets and its service account's hold no credentials this registry accepts)", err)
+// Error is why an image could not be read. Its message is the resolver's
+// own words: a registry's answers (error bodies, manifests, redirects) can
+// hold anything the registry or a host behind it returns, and the message
+// goes into the pod's denial. Unwrap gives the cause, for programs.
+type Error struct {
+	Reason string
+	Err    error
+}
+
+func (e *Error) Error() string { return e.Reason }
+func (e *Error) Unwrap() error { return e.Err }
+
+// explain words err, from resolve, without what the registry sent.
+func (r *Resolver) explain(ctx context.Context, err error) error {
+	var (
+		own      *Error
+		tooLarge *TooLargeError
+		terr     *transport.Error
+		uerr     *url.Error
+		syntax   *json.SyntaxError
+		typ      *json.UnmarshalTypeError
+	)
+	reason := ""
+	switch {
+	case errors.As(err, &own):
+		return err // ours already: parse and pull secret errors
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		reason = fmt.Sprintf("the registry did not answer within %s", r.timeout)
+	case ctx.Err() != nil:
+		reason = "the admission request ended before the registry answered"
+	case errors.As(err, &tooLarge):
+		reason = tooLarge.Error()
+	case errors.As(err, &terr):
+		reason = fmt.Sprintf("the registry answered HTTP %d %s", terr.StatusCode, http.StatusText(terr.StatusCode))
+		if codes := knownCodes(terr); codes != "" {
+			reason += " (" + codes + ")"
+		}
+		if terr.StatusCode == http.StatusUnauthorized || terr.StatusCode == http.StatusForbidden {
+			reason += " (the pod's imagePullSecrets and its service account's hold no credentials this registry accepts)"
+		}
+	case errors.As(err, &uerr):
+		// The URL may come from a redirect the registry sent; what
+		// failed (dial, TLS, ...) is the client's own words.
+		reason = fmt.Sprintf("cannot reach the registry: %v", uerr.Err)
+	case errors.As(err, &syntax), errors.As(err, &typ):
+		reason = "the registry sent a manifest, config or token that is not valid JSON for it"
+	default:
+		// Such as an unexpected media type, which the registry wrote.
+		reason = "the registry's answer is not an image manifest or config that klock can read"
 	}
-	return err
+	return &Error{Reason: reason, Err: err}
+}
+
+// knownCodes lists the registry's error codes that the distribution spec
+// defines; any other text from the body is left out.
+func knownCodes(terr *transport.Error) string {
+	known := map[transport.ErrorCode]bool{
+		transport.BlobUnknownErrorCode: true, transport.ManifestUnknownErrorCode: true,
+		transport.ManifestInvalidErrorCode: true, transport.NameInvalidErrorCode: true,
+		transport.NameUnknownErrorCode: true, transport.UnauthorizedErrorCode: true,
+		transport.DeniedErrorCode: true, transport.UnsupportedErrorCode: true,
+		transport.TooManyRequestsErrorCode: true,
+	}
+	codes := ""
+	for _, d := range terr.Errors {
+		if known[d.Code] && !strings.Contains(codes, string(d.Code)) {
+			if codes != "" {
+				codes += ", "
+			}
+			codes += string(d.Code)
+		}
+	}
+	return codes
 }
 
 func (r *Resolver) keychain(ctx context.Context, pod *corev1.Pod) (authn.Keychain, error) {
@@ -113,7 +225,7 @@ func (r *Resolver) keychain(ctx context.Context, pod *corev1.Pod) (authn.Keychai
 		ImagePullSecrets:   secrets,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("cannot read the pod's pull secrets: %w", err)
+		return nil, &Error{Reason: fmt.Sprintf("cannot read the pod's pull secrets: %v", err), Err: err}
 	}
 	return kc, nil
 }

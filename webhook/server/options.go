@@ -4,11 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/pflag"
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/klock-io/klock/webhook/images"
 	"github.com/klock-io/klock/webhook/leaseaccess"
 )
 
@@ -24,6 +26,9 @@ type Options struct {
 	Kubeconfig      string
 	DefaultPlatform string
 	ImageCacheSize  int
+	// ImageTimeout bounds reading one image's ENTRYPOINT and CMD; it
+	// must stay below the webhook's timeoutSeconds.
+	ImageTimeout time.Duration
 
 	// WebhookConfiguration is the MutatingWebhookConfiguration whose
 	// policy entries follow the ClusterLockPolicies, and whose CA the
@@ -59,6 +64,7 @@ func NewOptions() *Options {
 		ProbeAddr:            ":8081",
 		DefaultPlatform:      "linux/amd64",
 		ImageCacheSize:       1024,
+		ImageTimeout:         images.DefaultTimeout,
 		WebhookConfiguration: "klock",
 		Policies:             true,
 		LeaseAccess:          leaseaccess.ModeOff,
@@ -77,6 +83,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "Kubeconfig to use outside a cluster.")
 	fs.StringVar(&o.DefaultPlatform, "default-platform", o.DefaultPlatform, "Platform whose ENTRYPOINT and CMD are read from multi-platform images, unless a pod's nodeSelector says otherwise.")
 	fs.IntVar(&o.ImageCacheSize, "image-cache-size", o.ImageCacheSize, "How many image configs to keep, by digest.")
+	fs.DurationVar(&o.ImageTimeout, "image-timeout", o.ImageTimeout, "How long reading an image's ENTRYPOINT and CMD from its registry may take; keep it below the webhook's timeoutSeconds.")
 	fs.BoolVar(&o.SelfManagedTLS, "self-managed-tls", o.SelfManagedTLS, "Make and rotate the CA and serving certificate in --tls-secret, and put the CA into --webhook-configuration.")
 	fs.StringVar(&o.TLSSecret, "tls-secret", o.TLSSecret, "With --self-managed-tls: the Secret (namespace/name) that keeps the certificates.")
 	fs.StringSliceVar(&o.DNSNames, "dns-names", o.DNSNames, "With --self-managed-tls: the names the serving certificate is for, such as klock-webhook.klock-system.svc.")
@@ -103,6 +110,9 @@ func (o *Options) Validate() error {
 	}
 	if o.ImageCacheSize < 1 {
 		errs = append(errs, fmt.Errorf("--image-cache-size %d: give at least 1", o.ImageCacheSize))
+	}
+	if o.ImageTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("--image-timeout %s: give a positive duration below the webhook's timeoutSeconds, such as 3s", o.ImageTimeout))
 	}
 	if o.SelfManagedTLS {
 		if ns, name, ok := strings.Cut(o.TLSSecret, "/"); !ok || ns == "" || name == "" {

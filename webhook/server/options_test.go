@@ -32,6 +32,7 @@ func TestOptions(t *testing.T) {
 		{args: []string{"--klock-image", "x", "--klock-image-pull-policy", "Sometimes"}, want: `--klock-image-pull-policy "Sometimes": give Always, IfNotPresent or Never`},
 		{args: []string{"--klock-image", "x", "--webhook-port", "0"}, want: "--webhook-port 0: give a port from 1 to 65535"},
 		{args: []string{"--klock-image", "x", "--image-cache-size", "0"}, want: "--image-cache-size 0: give at least 1"},
+		{args: []string{"--klock-image", "x", "--image-timeout", "0s"}, want: "--image-timeout 0s: give a positive duration"},
 		{args: []string{"--klock-image", "x", "--lease-access", "some"}, want: `--lease-access "some": give off, policy or all`},
 		{args: []string{"--klock-image", "x", "--lease-access", "all", "--policies=false"}, want: "--lease-access all needs --policies"},
 		{args: []string{"--klock-image", "x", "--webhook-configuration", ""}, want: "--webhook-configuration is required with --policies"},

@@ -144,7 +144,11 @@ func addAdmission(ctx context.Context, mgr ctrl.Manager, server ctrlwebhook.Serv
 	}
 	platform, _ := v1.ParsePlatform(o.DefaultPlatform) // validated by Run
 	opts := wrap.Options{Image: o.KlockImage, ImagePullPolicy: corev1.PullPolicy(o.ImagePullPolicy)}
-	pods := webhook.NewPodHandler(mgr.GetScheme(), opts, images.NewResolver(clientset, *platform, o.ImageCacheSize, nil), leaseaccess.NewReviewer(clientset))
+	reviewer := leaseaccess.NewReviewer(clientset)
+	if o.LeaseAccess != leaseaccess.ModeOff {
+		reviewer.WithLeaseAccess() // the webhook may get Leases
+	}
+	pods := webhook.NewPodHandler(mgr.GetScheme(), opts, images.NewResolver(clientset, *platform, o.ImageCacheSize, nil, images.WithTimeout(o.ImageTimeout)), reviewer)
 	if o.Policies {
 		if err := watchPolicies(ctx, mgr); err != nil {
 			return err
