@@ -13,8 +13,10 @@ import (
 // a registry could make the webhook buffer as much as it likes.
 const (
 	// MaxContentBytes bounds a manifest, an index or a config blob: real
-	// ones are a few KiB.
-	MaxContentBytes = 4 << 20
+	// ones are a few KiB, rarely over a hundred. Parsing a manifest builds
+	// every entry it lists, so what a body may hold is what parsing it may
+	// cost, several resolutions at once.
+	MaxContentBytes = 1 << 20
 	// MaxOtherBytes bounds a 2xx answer that is neither, such as a token
 	// or the /v2/ ping; real tokens are a few KiB.
 	MaxOtherBytes = 16 << 10

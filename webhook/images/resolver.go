@@ -6,12 +6,18 @@ package images
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -39,7 +45,19 @@ type Resolver struct {
 	cache    *lru.Cache
 	timeout  time.Duration
 	opts     []remote.Option
+	// running bounds the resolutions under way at once: each may hold a
+	// manifest and a config in memory while they are parsed.
+	running chan struct{}
 }
+
+// Bounds on what one image may say it runs, and on resolutions at once.
+// Real ENTRYPOINT and CMD are a handful of short strings; a config that
+// says more would sit in the cache, one per digest a registry invents.
+const (
+	maxArgs        = 1024
+	maxArgBytes    = 64 << 10
+	maxResolutions = 4
+)
 
 // DefaultTimeout bounds one resolution, well inside the webhook's
 // timeoutSeconds (5 in deploy/ and the chart), so that a slow registry
@@ -61,7 +79,7 @@ func WithTimeout(d time.Duration) Option {
 // MaxContentBytes) and each resolution ends after DefaultTimeout unless
 // WithTimeout says otherwise.
 func NewResolver(client kubernetes.Interface, platform v1.Platform, cacheSize int, transport http.RoundTripper, options ...Option) *Resolver {
-	r := &Resolver{client: client, platform: platform, cache: lru.New(cacheSize), timeout: DefaultTimeout}
+	r := &Resolver{client: client, platform: platform, cache: lru.New(cacheSize), timeout: DefaultTimeout, running: make(chan struct{}, maxResolutions)}
 	for _, o := range options {
 		o(r)
 	}
@@ -87,6 +105,12 @@ func NewResolver(client kubernetes.Interface, platform v1.Platform, cacheSize in
 func (r *Resolver) Resolve(ctx context.Context, pod *corev1.Pod, c *corev1.Container) (*wrap.ImageCommand, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
+	select {
+	case r.running <- struct{}{}:
+		defer func() { <-r.running }()
+	case <-ctx.Done():
+		return nil, r.explain(ctx, ctx.Err())
+	}
 	cmd, err := r.resolve(ctx, pod, c)
 	if err != nil {
 		return nil, r.explain(ctx, err)
@@ -128,12 +152,39 @@ func (r *Resolver) resolve(ctx context.Context, pod *corev1.Pod, c *corev1.Conta
 		}
 		return nil, err
 	}
-	cfg, err := img.ConfigFile()
+	cmd, err := command(img)
 	if err != nil {
 		return nil, err
 	}
-	cmd := &wrap.ImageCommand{Entrypoint: cfg.Config.Entrypoint, Cmd: cfg.Config.Cmd}
 	r.cache.Add(cacheKey(digest, platform), cmd)
+	return cmd, nil
+}
+
+// command decodes ENTRYPOINT and CMD alone from img's config: decoding the
+// whole config would build every entry of a history or a rootfs that a
+// registry can make millions long, where skipping them costs nothing.
+func command(img v1.Image) (*wrap.ImageCommand, error) {
+	raw, err := img.RawConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	var cfg struct {
+		Config struct {
+			Entrypoint []string `json:"Entrypoint"`
+			Cmd        []string `json:"Cmd"`
+		} `json:"config"`
+	}
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		return nil, err
+	}
+	cmd := &wrap.ImageCommand{Entrypoint: cfg.Config.Entrypoint, Cmd: cfg.Config.Cmd}
+	n, size := len(cmd.Entrypoint)+len(cmd.Cmd), 0
+	for _, a := range append(slices.Clone(cmd.Entrypoint), cmd.Cmd...) {
+		size += len(a)
+	}
+	if n > maxArgs || size > maxArgBytes {
+		return nil, &Error{Reason: fmt.Sprintf("the image's ENTRYPOINT and CMD hold %d arguments of %d bytes, over the %d arguments or %d KiB klock takes from an image", n, size, maxArgs, maxArgBytes>>10)}
+	}
 	return cmd, nil
 }
 
@@ -180,9 +231,11 @@ func (r *Resolver) explain(ctx context.Context, err error) error {
 			reason += " (the pod's imagePullSecrets and its service account's hold no credentials this registry accepts)"
 		}
 	case errors.As(err, &uerr):
-		// The URL may come from a redirect the registry sent; what
-		// failed (dial, TLS, ...) is the client's own words.
-		reason = fmt.Sprintf("cannot reach the registry: %v", uerr.Err)
+		// Neither the URL (a redirect may name it) nor the cause's text
+		// (a Location header, a certificate's names, a host from a
+		// redirect) is the client's own words: say only what kind of
+		// failure it was.
+		reason = "cannot reach the registry: " + networkFailure(uerr.Err)
 	case errors.As(err, &syntax), errors.As(err, &typ):
 		reason = "the registry sent a manifest, config or token that is not valid JSON for it"
 	default:
@@ -242,4 +295,32 @@ func (r *Resolver) platformFor(pod *corev1.Pod) v1.Platform {
 		p.Variant = ""
 	}
 	return p
+}
+
+// networkFailure names the kind of a failure to talk to a registry, in
+// fixed words.
+func networkFailure(err error) string {
+	var (
+		dns      *net.DNSError
+		netErr   net.Error
+		unknown  x509.UnknownAuthorityError
+		hostname x509.HostnameError
+		invalid  x509.CertificateInvalidError
+		tlsRec   tls.RecordHeaderError
+	)
+	switch {
+	case errors.As(err, &dns):
+		return "its host name does not resolve"
+	case errors.As(err, &unknown), errors.As(err, &hostname), errors.As(err, &invalid):
+		return "its TLS certificate is not valid for it or not trusted"
+	case errors.As(err, &tlsRec):
+		return "it does not speak TLS"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "the connection was refused"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "the connection was closed before it answered"
+	case errors.As(err, &netErr) && netErr.Timeout():
+		return "it did not answer in time"
+	}
+	return "the request failed (a redirect it sent, or the network)"
 }

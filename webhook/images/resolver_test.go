@@ -242,10 +242,11 @@ func TestResolveEndsAtItsDeadline(t *testing.T) {
 func TestResolveErrorsHoldNothingTheRegistrySent(t *testing.T) {
 	structured := `{"errors":[{"code":"MANIFEST_UNKNOWN","message":"` + marker + `","detail":"` + marker + `"}]}`
 	for _, tc := range []struct {
-		name   string
-		status int
-		body   string
-		want   string
+		name     string
+		status   int
+		body     string
+		location string
+		want     string
 	}{
 		{name: "a structured 404", status: http.StatusNotFound, body: structured,
 			want: "the registry answered HTTP 404 Not Found (MANIFEST_UNKNOWN)"},
@@ -256,10 +257,19 @@ func TestResolveErrorsHoldNothingTheRegistrySent(t *testing.T) {
 			want: "the registry answered HTTP 403 Forbidden (the pod's imagePullSecrets and its service account's hold no credentials this registry accepts)"},
 		{name: "a manifest that is not JSON", status: http.StatusOK, body: marker,
 			want: "the registry sent a manifest, config or token that is not valid JSON for it"},
+		{
+			// Go's client quotes a Location it cannot parse in its error,
+			// twice: the registry would write into the denial.
+			name: "a redirect to a Location that does not parse", status: http.StatusFound, location: "http://x/ " + marker + " %zz",
+			want: "cannot reach the registry: the request failed (a redirect it sent, or the network)",
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			reg := startRegistry(t, "", func(w http.ResponseWriter, r *http.Request, _ func(io.Reader)) {
 				w.Header().Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+				if tc.location != "" {
+					w.Header().Set("Location", tc.location)
+				}
 				w.WriteHeader(tc.status)
 				io.WriteString(w, tc.body)
 			})
@@ -338,5 +348,37 @@ func TestResolveFollowsABlobRedirectWithTheConfigCap(t *testing.T) {
 	}
 	if len(got.Entrypoint) != 1 || got.Entrypoint[0] != "/app" {
 		t.Errorf("entrypoint %q, want [/app]", got.Entrypoint)
+	}
+}
+
+// What an image says it runs is cached per digest, and a registry can
+// invent digests: an ENTRYPOINT of a million empty strings must not be
+// kept. A normal one still resolves from the same kind of config.
+func TestResolveBoundsTheCommandAnImageMayGive(t *testing.T) {
+	reg := httptest.NewServer(ggcrregistry.New())
+	t.Cleanup(reg.Close)
+	push := func(repo string, entrypoint []string) string {
+		t.Helper()
+		img, err := mutate.ConfigFile(empty.Image, &v1.ConfigFile{OS: "linux", Architecture: "amd64", Config: v1.Config{Entrypoint: entrypoint}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ref, err := name.ParseReference(strings.TrimPrefix(reg.URL, "http://") + "/" + repo + ":v1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := remote.Write(ref, img); err != nil {
+			t.Fatal(err)
+		}
+		return ref.String()
+	}
+	err, _, _ := resolve(t, newTestResolver(), push("huge", make([]string, maxArgs+1)))
+	if err == nil || !strings.Contains(err.Error(), "over the 1024 arguments or 64 KiB klock takes from an image") {
+		t.Errorf("an ENTRYPOINT of %d arguments: error %v, want one saying it is over the bound", maxArgs+1, err)
+	}
+	pod, c := testPod(push("normal", []string{"/app", "--serve"}))
+	got, err := newTestResolver().Resolve(context.Background(), pod, c)
+	if err != nil || len(got.Entrypoint) != 2 || got.Entrypoint[0] != "/app" {
+		t.Errorf("a normal ENTRYPOINT: got %+v, %v", got, err)
 	}
 }

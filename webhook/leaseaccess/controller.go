@@ -118,7 +118,7 @@ func (r *Reconciler) reconcile(ctx context.Context, obj client.Object, key types
 	if err != nil {
 		return reconcile.Result{}, err
 	}
-	grant, err := r.grantable(ctx, key.Namespace, w, want.merge(kept))
+	grant, unmade, err := r.grantable(ctx, key.Namespace, w, want.merge(kept))
 	if err != nil {
 		return reconcile.Result{}, err
 	}
@@ -146,14 +146,17 @@ func (r *Reconciler) reconcile(ctx context.Context, obj client.Object, key types
 	}); err != nil {
 		return reconcile.Result{}, fmt.Errorf("keeping RoleBinding %s/%s: %w", key.Namespace, name, err)
 	}
-	if kept != nil {
-		return reconcile.Result{RequeueAfter: inUseRecheck}, nil // to drop them once those pods are gone
+	if kept != nil || unmade {
+		// To drop names kept for pods once those pods are gone, and a
+		// name granted before its Lease existed once somebody other than
+		// klock creates that Lease (nothing here watches Leases).
+		return reconcile.Result{RequeueAfter: inUseRecheck}, nil
 	}
 	return reconcile.Result{}, nil
 }
 
 // inUseRecheck is how often a Role that keeps Lease names for running
-// pods is checked again.
+// pods, or grants a Lease that does not exist yet, is checked again.
 const inUseRecheck = 2 * time.Minute
 
 // grant says what w's service account needs, or nil when w is not
@@ -198,47 +201,51 @@ func (r *Reconciler) grant(ctx context.Context, w policy.WorkloadTemplate) (*lea
 // update and delete on any Lease of the namespace, such as an operator's
 // leader election Lease. A name granted earlier and refused now (its
 // Lease was created since, by someone else) is dropped from the Role too.
-func (r *Reconciler) grantable(ctx context.Context, ns string, w policy.WorkloadTemplate, g *leaseGrant) (*leaseGrant, error) {
+//
+// unmade says that a name granted has no Lease yet: granted now, it must be
+// checked again, in case somebody other than klock creates that Lease.
+func (r *Reconciler) grantable(ctx context.Context, ns string, w policy.WorkloadTemplate, g *leaseGrant) (_ *leaseGrant, unmade bool, _ error) {
 	if g == nil {
-		return nil, nil
+		return nil, false, nil
 	}
 	var leases []string
 	for _, name := range g.leases {
-		why, err := r.refusal(ctx, ns, name)
+		why, missing, err := r.refusal(ctx, ns, name)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		if why != "" {
 			ctrl.LoggerFrom(ctx).Info("not granting the workload's Lease", "kind", w.Kind, "workload", w.Name, "lease", name, "reason", why)
 			continue
 		}
+		unmade = unmade || missing
 		leases = append(leases, name)
 	}
 	if len(leases) == 0 {
-		return nil, nil
+		return nil, false, nil
 	}
 	out := *g
 	out.leases = leases
-	return &out, nil
+	return &out, unmade, nil
 }
 
 // refusal reads the Lease name in ns, through the API server (no cache of
 // every Lease in the cluster), and says why it may not be granted, or ""
-// when it may.
-func (r *Reconciler) refusal(ctx context.Context, ns, name string) (string, error) {
+// when it may; missing says the Lease does not exist yet.
+func (r *Reconciler) refusal(ctx context.Context, ns, name string) (why string, missing bool, _ error) {
 	if why := invalidLeaseName(name); why != "" {
-		return why, nil
+		return why, false, nil
 	}
 	lease := &metav1.PartialObjectMetadata{}
 	lease.SetGroupVersionKind(coordinationv1.SchemeGroupVersion.WithKind("Lease"))
 	err := r.API.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, lease)
 	if apierrors.IsNotFound(err) {
-		return "", nil // klock will create it
+		return "", true, nil // klock will create it
 	}
 	if err != nil {
-		return "", fmt.Errorf("reading Lease %s/%s, to check that klock created it: %w", ns, name, err)
+		return "", false, fmt.Errorf("reading Lease %s/%s, to check that klock created it: %w", ns, name, err)
 	}
-	return foreignLease(lease), nil
+	return foreignLease(lease), false, nil
 }
 
 // inUse returns what the existing Role name grants beyond want that wrapped

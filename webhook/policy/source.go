@@ -130,7 +130,9 @@ func sameOwner(owner *metav1.PartialObjectMetadata, ref *metav1.OwnerReference, 
 	if owner.GetUID() == ref.UID && owner.GetNamespace() == ns && owner.GetName() == ref.Name && owner.Kind == ref.Kind {
 		return nil
 	}
-	return fmt.Errorf("the pod's ownerReference names %s %s/%s with uid %s, but that %s is %s/%s with uid %s: not the pod's owner, so its workload is unknown; "+
-		"set the ownerReference to the owner's own uid, or leave the pod to its controller",
-		ref.Kind, ns, ref.Name, ref.UID, ref.Kind, owner.GetNamespace(), owner.GetName(), owner.GetUID())
+	// The owner's own uid is not told: a pod's author who may not read the
+	// owner would learn it here, and could then name that owner for real.
+	return fmt.Errorf("the pod's ownerReference names %s %s/%s with uid %s, which is not that object's uid: not the pod's owner, so its workload is unknown; "+
+		"leave ownerReferences to the pod's controller",
+		ref.Kind, ns, ref.Name, ref.UID)
 }

@@ -66,17 +66,17 @@ func TestWorkloadOwner(t *testing.T) {
 		"an owner with another uid: not the pod's owner": {
 			pod:   ownedPod("team-a", "web-1", "uid-victim"),
 			owner: replicaSet("team-a", "web-1", "uid-1", "web"),
-			err:   "names ReplicaSet team-a/web-1 with uid uid-victim, but that ReplicaSet is team-a/web-1 with uid uid-1",
+			err:   "names ReplicaSet team-a/web-1 with uid uid-victim, which is not that object's uid",
 		},
 		"an owner in another namespace: not the pod's owner": {
 			pod:   ownedPod("team-a", "web-1", "uid-1"),
 			owner: replicaSet("team-b", "web-1", "uid-1", "web"),
-			err:   "but that ReplicaSet is team-b/web-1 with uid uid-1",
+			err:   "names ReplicaSet team-a/web-1 with uid uid-1, which is not that object's uid",
 		},
 		"an owner of another name: not the pod's owner": {
 			pod:   ownedPod("team-a", "web-1", "uid-1"),
 			owner: replicaSet("team-a", "web-2", "uid-1", "web"),
-			err:   "but that ReplicaSet is team-a/web-2",
+			err:   "names ReplicaSet team-a/web-1 with uid uid-1, which is not that object's uid",
 		},
 	}
 	for name, tc := range cases {
@@ -87,6 +87,11 @@ func TestWorkloadOwner(t *testing.T) {
 			if tc.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.err) {
 					t.Fatalf("err = %v, want one containing %q", err, tc.err)
+				}
+				// The object read is not told about: its uid would let
+				// a pod's author who may not read it name it for real.
+				if strings.Contains(err.Error(), string(tc.owner.GetUID())) && tc.owner.GetUID() != tc.pod.OwnerReferences[0].UID {
+					t.Errorf("err = %v tells the uid of the object read", err)
 				}
 				if s.owners.Len() != 0 {
 					t.Errorf("an owner that is not the pod's was cached")
