@@ -50,7 +50,10 @@ func newHold(l *Lock, lease *coordinationv1.Lease, sent, joined time.Time) *Hold
 		lost: make(chan struct{}), cancel: cancel, done: make(chan struct{}),
 	}
 	l.active.Store(h)
-	go h.renewLoop(ctx, sent)
+	// The first renewal is scheduled now, not when the goroutine first
+	// runs, which may be later.
+	first := time.NewTimer(sent.Add(l.cfg.RenewInterval).Sub(l.cfg.Clock.Now()))
+	go h.renewLoop(ctx, sent, first)
 	return h
 }
 
@@ -108,14 +111,13 @@ func (h *Hold) sharing() bool {
 	return !h.peerSeen.IsZero() && h.lock.cfg.Clock.Since(h.peerSeen) < h.lock.cfg.LeaseDuration
 }
 
-func (h *Hold) renewLoop(ctx context.Context, lastRenew time.Time) {
+func (h *Hold) renewLoop(ctx context.Context, lastRenew time.Time, timer *time.Timer) {
 	defer close(h.done)
 	cfg := &h.lock.cfg
 	log := h.lock.log
 	// Renewals are due RenewInterval after the last successful one was
 	// sent, however long its answer took, so that the next one always
 	// starts before the renew deadline.
-	timer := time.NewTimer(lastRenew.Add(cfg.RenewInterval).Sub(cfg.Clock.Now()))
 	defer timer.Stop()
 	for {
 		select {

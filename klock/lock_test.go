@@ -212,7 +212,10 @@ func TestSharerGoneThenReleased(t *testing.T) {
 	leases := &memLeases{}
 	clock := clocktesting.NewFakePassiveClock(time.Now())
 	lock := func() *Lock {
-		l, err := New(leases, Config{Name: "x", Identity: "me", LeaseDuration: 10 * time.Second, RenewDeadline: 5 * time.Second, RetryPeriod: time.Second, Clock: clock})
+		// Timings long enough that no renewal runs during the test: with
+		// a fake clock it could write the very renewTime the other holder
+		// wrote, which real clocks never do.
+		l, err := New(leases, Config{Name: "x", Identity: "me", LeaseDuration: 10 * time.Minute, RenewDeadline: 5 * time.Minute, RetryPeriod: time.Minute, Clock: clock})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -232,7 +235,7 @@ func TestSharerGoneThenReleased(t *testing.T) {
 	}
 	// The first is gone and writes no more; a lease duration later the
 	// second knows it holds the Lease alone, and gives it back.
-	clock.SetTime(clock.Now().Add(10 * time.Second))
+	clock.SetTime(clock.Now().Add(10 * time.Minute))
 	if err := second.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
