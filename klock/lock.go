@@ -313,7 +313,7 @@ func (l *Lock) attempt(ctx context.Context, lease *coordinationv1.Lease, age tim
 		// not leave the Lease to it for a whole lease duration.
 		joined = l.obs.seen
 	}
-	desired := l.acquisition(lease, st, own, now)
+	desired := l.acquisition(lease, st, now)
 	// The write is not cancelled with ctx: cut off in flight, it might
 	// commit with nobody to renew or release it. It is bounded by the
 	// renew deadline, which the Hold counts from now.
@@ -431,10 +431,10 @@ func sleep(ctx context.Context, d time.Duration) {
 }
 
 // acquisition is the Lease as this identity takes it: the record client-go's
-// leader election writes, so that both kinds of contender agree on it. own
-// says the Lease already records an acquisition of this Lock's whose
-// answer was lost: it is renewed, not counted as a new transition.
-func (l *Lock) acquisition(lease *coordinationv1.Lease, st state, own bool, now time.Time) *coordinationv1.Lease {
+// leader election writes, so that both kinds of contender agree on it. A
+// Lease already held under this identity (joined, or an acquisition of this
+// Lock's whose answer was lost) is renewed, not counted as a new transition.
+func (l *Lock) acquisition(lease *coordinationv1.Lease, st state, now time.Time) *coordinationv1.Lease {
 	var next *coordinationv1.Lease
 	if lease == nil {
 		next = &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{

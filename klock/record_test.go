@@ -66,7 +66,7 @@ func TestAcquisitionRecord(t *testing.T) {
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	l := &Lock{cfg: Config{Name: "n", Namespace: "ns", Identity: "me", LeaseDuration: 15 * time.Second, Labels: map[string]string{"team": "a"}}}
 
-	created := l.acquisition(nil, stateMissing, false, now)
+	created := l.acquisition(nil, stateMissing, now)
 	if got := created.Labels; got[ManagedByLabel] != ManagedByValue || got["team"] != "a" {
 		t.Errorf("labels on creation = %v", got)
 	}
@@ -78,7 +78,7 @@ func TestAcquisitionRecord(t *testing.T) {
 	prev.Spec.LeaseTransitions = new(int32(4))
 	prev.Spec.AcquireTime = new(metav1.NewMicroTime(now.Add(-time.Hour)))
 	l.obs.observe(prev, now.Add(-time.Minute), 0)
-	taken := l.acquisition(prev, stateFree, false, now)
+	taken := l.acquisition(prev, stateFree, now)
 	if *taken.Spec.LeaseTransitions != 5 || !taken.Spec.AcquireTime.Equal(new(metav1.NewMicroTime(now))) {
 		t.Errorf("taking over: transitions %d, acquireTime %v; want 5 and now", *taken.Spec.LeaseTransitions, taken.Spec.AcquireTime)
 	}
@@ -90,7 +90,7 @@ func TestAcquisitionRecord(t *testing.T) {
 	ours.Spec.LeaseTransitions = new(int32(4))
 	ours.Spec.AcquireTime = new(metav1.NewMicroTime(now.Add(-time.Hour)))
 	l.obs.observe(ours, now, 0)
-	again := l.acquisition(ours, stateOurs, false, now)
+	again := l.acquisition(ours, stateOurs, now)
 	if *again.Spec.LeaseTransitions != 4 || !again.Spec.AcquireTime.Equal(ours.Spec.AcquireTime) {
 		t.Errorf("re-entrant: transitions %d, acquireTime %v; want both kept", *again.Spec.LeaseTransitions, again.Spec.AcquireTime)
 	}

@@ -214,12 +214,7 @@ func readEvents(t *testing.T, path string) []event {
 
 // find returns the first event of kind for name.
 func find(events []event, kind, name string) (event, bool) {
-	for _, e := range events {
-		if e.Kind == kind && e.Name == name {
-			return e, true
-		}
-	}
-	return event{}, false
+	return framework.FindProbeEvent(events, kind, name)
 }
 
 // must returns the first event of kind for name, or fails t.

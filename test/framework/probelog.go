@@ -49,3 +49,13 @@ func ReadProbeLog(path string) ([]ProbeEvent, error) {
 	sort.SliceStable(events, func(i, j int) bool { return events[i].At.Before(events[j].At) })
 	return events, nil
 }
+
+// FindProbeEvent returns the first event of kind for the probe name.
+func FindProbeEvent(events []ProbeEvent, kind, name string) (ProbeEvent, bool) {
+	for _, e := range events {
+		if e.Kind == kind && e.Name == name {
+			return e, true
+		}
+	}
+	return ProbeEvent{}, false
+}

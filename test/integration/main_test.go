@@ -138,12 +138,7 @@ func readLog(t *testing.T, path string) []event {
 
 // find returns the first event of kind for name.
 func find(events []event, kind, name string) (event, bool) {
-	for _, e := range events {
-		if e.Kind == kind && e.Name == name {
-			return e, true
-		}
-	}
-	return event{}, false
+	return framework.FindProbeEvent(events, kind, name)
 }
 
 // eventually polls cond until it holds or timeout passes.
