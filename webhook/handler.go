@@ -17,8 +17,10 @@ import (
 	"strings"
 	"time"
 
+	"gomodules.xyz/jsonpatch/v2"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
@@ -95,12 +97,14 @@ func (h *PodHandler) handle(ctx context.Context, req admission.Request) (admissi
 	if err := h.decoder.Decode(req, pod); err != nil {
 		return admission.Errored(http.StatusBadRequest, err), outcomeError
 	}
-	if wrap.Wrapped(pod) {
-		return admission.Allowed(""), outcomeSkipped
+	// The API server sends a pod's namespace in the request, and refuses a
+	// pod that names another before it asks the webhook: a mismatch is a
+	// request from somebody else, which must not make the webhook read
+	// another namespace's pull secrets.
+	if pod.Namespace != "" && pod.Namespace != req.Namespace {
+		return admission.Errored(http.StatusBadRequest, fmt.Errorf("the pod's namespace is not the request's")), outcomeError
 	}
-	if pod.Namespace == "" {
-		pod.Namespace = req.Namespace // not set yet on create
-	}
+	pod.Namespace = req.Namespace // not set yet on create
 	original, err := json.Marshal(pod)
 	if err != nil {
 		return admission.Errored(http.StatusInternalServerError, err), outcomeError
@@ -134,6 +138,7 @@ func (h *PodHandler) handle(ctx context.Context, req admission.Request) (admissi
 			}
 		}
 	}
+	warnings = append(warnings, wrap.UnknownKeys(pod.Annotations)...)
 	if !wrap.Wants(pod) {
 		return admission.Allowed("").WithWarnings(warnings...), outcomeSkipped
 	}
@@ -154,7 +159,13 @@ func (h *PodHandler) wrapPod(ctx context.Context, pod *corev1.Pod, original []by
 			return admission.Denied(fmt.Sprintf("reading the ENTRYPOINT and CMD of image %q failed: %v; %v", c.Image, err, merr)), outcomeDenied
 		}
 	}
+	before := pod.DeepCopy()
 	more, err := wrap.Mutate(pod, h.options, image)
+	if err == nil && equality.Semantic.DeepEqual(before, pod) {
+		// Wrapped already: this is a reinvocation, or a pod that was
+		// created wrapped. Its warnings were given the first time.
+		return admission.Allowed(""), outcomeSkipped
+	}
 	if err != nil {
 		if applied != nil {
 			return admission.Denied(fmt.Sprintf("wrapping the pod for ClusterLockPolicy %s: %v", applied.Name, err)), outcomeDenied
@@ -165,13 +176,44 @@ func (h *PodHandler) wrapPod(ctx context.Context, pod *corev1.Pod, original []by
 	if h.access != nil {
 		warnings = append(warnings, h.access.Warnings(ctx, pod)...)
 	}
-	mutated, err := json.Marshal(pod)
+	patch, err := podPatch(original, before, pod)
 	if err != nil {
 		return admission.Errored(http.StatusInternalServerError, err), outcomeError
 	}
-	// Both sides come from the same Go type, so fields it does not know
-	// cannot show up as removals in the patch.
-	return admission.PatchResponseFromRaw(original, mutated).WithWarnings(warnings...), outcomeWrapped
+	return admission.Patched("", patch...).WithWarnings(warnings...), outcomeWrapped
+}
+
+// podPatch is the JSON patch from the pod as decoded (original, its JSON)
+// to mutated, which differs from before only by what wrap.Mutate did. Both
+// sides of the diff come from the same Go type, so the fields of the
+// user's objects that it does not know (newer than this webhook) never
+// show up as removals. The installer is added at index 0 with one add:
+// a diff of the lists would rewrite the user's first init container into
+// klock's and append a copy of it re-encoded from the Go type, losing
+// those fields.
+func podPatch(original []byte, before, mutated *corev1.Pod) ([]jsonpatch.JsonPatchOperation, error) {
+	rest := mutated.DeepCopy()
+	var installer *corev1.Container
+	if n := len(mutated.Spec.InitContainers); n == len(before.Spec.InitContainers)+1 && mutated.Spec.InitContainers[0].Name == wrap.InitContainerName {
+		installer = &mutated.Spec.InitContainers[0]
+		rest.Spec.InitContainers = before.Spec.InitContainers
+	}
+	current, err := json.Marshal(rest)
+	if err != nil {
+		return nil, err
+	}
+	ops, err := jsonpatch.CreatePatch(original, current)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case installer == nil:
+	case len(before.Spec.InitContainers) == 0:
+		ops = append(ops, jsonpatch.NewOperation("add", "/spec/initContainers", []corev1.Container{*installer}))
+	default:
+		ops = append(ops, jsonpatch.NewOperation("add", "/spec/initContainers/0", *installer))
+	}
+	return ops, nil
 }
 
 type requiredPolicyKey struct{}

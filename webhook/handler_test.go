@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	jsonpatchv5 "github.com/evanphx/json-patch/v5"
+	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -57,6 +59,8 @@ func TestPodHandler(t *testing.T) {
 		{name: "annotated", req: podRequest(admissionv1.Create, rawPod(t, builders.MakePod("p", "").Lease("x").Container("app", "busybox", "true").Obj())), allowed: true, patched: true, outcome: outcomeWrapped},
 		{name: "bad annotation", req: podRequest(admissionv1.Create, rawPod(t, builders.MakePod("p", "").Lease("x").Annotation(wrap.AnnotationWait, "soon").Container("app", "busybox", "true").Obj())),
 			code: http.StatusForbidden, outcome: outcomeDenied, contains: "klock.io/wait"},
+		{name: "a pod of another namespace than the request's", req: podRequest(admissionv1.Create, rawPod(t, builders.MakePod("p", "victim").Lease("x").Container("app", "busybox", "true").Obj())),
+			code: http.StatusBadRequest, outcome: outcomeError, contains: "namespace"},
 		{name: "not a create", req: podRequest(admissionv1.Update, rawPod(t, builders.MakePod("p", "").Lease("x").Container("app", "busybox", "true").Obj())), allowed: true, outcome: outcomeSkipped},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -177,4 +181,118 @@ func TestPodHandlerPolicies(t *testing.T) {
 			t.Errorf("allowed %v, result %+v", resp.Allowed, resp.Result)
 		}
 	})
+}
+
+// apply applies resp's patch to raw, as the API server does.
+func apply(t *testing.T, raw []byte, resp admission.Response) []byte {
+	t.Helper()
+	ops, err := json.Marshal(resp.Patches)
+	if err != nil {
+		t.Fatal(err)
+	}
+	patch, err := jsonpatchv5.DecodePatch(ops)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := patch.Apply(raw)
+	if err != nil {
+		t.Fatalf("applying %s: %v", ops, err)
+	}
+	return out
+}
+
+// Fields that this webhook's Go types do not know (the API server's may be
+// newer) stay where the user put them: the installer is added in front of
+// the user's init containers, not written over the first of them.
+func TestPodPatchKeepsUnknownFields(t *testing.T) {
+	raw := []byte(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","annotations":{"klock.io/lease":"x"}},
+		"spec":{"futureSpecField":"s",
+			"initContainers":[{"name":"migrate","image":"tool","futureField":{"a":1}},{"name":"mesh","image":"proxy","futureField":{"b":2}}],
+			"containers":[{"name":"app","image":"busybox","command":["work"],"futureField":{"c":3}}]}}`)
+	h := NewPodHandler(Scheme(), testOptions, nil, nil)
+	resp := h.Handle(context.Background(), podRequest(admissionv1.Create, raw))
+	if !resp.Allowed {
+		t.Fatalf("denied: %+v", resp.Result)
+	}
+	var got struct {
+		Spec struct {
+			FutureSpecField string `json:"futureSpecField"`
+			InitContainers  []struct {
+				Name        string         `json:"name"`
+				FutureField map[string]int `json:"futureField"`
+			} `json:"initContainers"`
+			Containers []struct {
+				Command     []string       `json:"command"`
+				FutureField map[string]int `json:"futureField"`
+			} `json:"containers"`
+		} `json:"spec"`
+	}
+	if err := json.Unmarshal(apply(t, raw, resp), &got); err != nil {
+		t.Fatal(err)
+	}
+	s := got.Spec
+	if len(s.InitContainers) != 3 || s.InitContainers[0].Name != wrap.InitContainerName || s.InitContainers[0].FutureField != nil ||
+		s.InitContainers[1].Name != "migrate" || s.InitContainers[1].FutureField["a"] != 1 ||
+		s.InitContainers[2].Name != "mesh" || s.InitContainers[2].FutureField["b"] != 2 {
+		t.Errorf("init containers after the patch: %+v", s.InitContainers)
+	}
+	if s.FutureSpecField != "s" || s.Containers[0].FutureField["c"] != 3 || s.Containers[0].Command[0] != wrap.BinaryPath {
+		t.Errorf("spec after the patch: %+v", s)
+	}
+
+	// A pod without init containers gets the list.
+	raw = rawPod(t, builders.MakePod("p", "").Lease("x").Container("app", "busybox", "true").Obj())
+	var pod corev1.Pod
+	if err := json.Unmarshal(apply(t, raw, h.Handle(context.Background(), podRequest(admissionv1.Create, raw))), &pod); err != nil {
+		t.Fatal(err)
+	}
+	if len(pod.Spec.InitContainers) != 1 || pod.Spec.InitContainers[0].Name != wrap.InitContainerName {
+		t.Errorf("init containers %+v", pod.Spec.InitContainers)
+	}
+}
+
+// Called again after another webhook put its wrapper in front of klock
+// (reinvocation), the handler puts klock back in front; called once more,
+// it changes nothing.
+func TestPodHandlerReinvoked(t *testing.T) {
+	h := NewPodHandler(Scheme(), testOptions, nil, nil)
+	raw := rawPod(t, builders.MakePod("p", "").Lease("x").Container("app", "busybox", "work").Obj())
+	raw = apply(t, raw, h.Handle(context.Background(), podRequest(admissionv1.Create, raw)))
+	var pod corev1.Pod
+	if err := json.Unmarshal(raw, &pod); err != nil {
+		t.Fatal(err)
+	}
+	c := &pod.Spec.Containers[0]
+	c.Command, c.Args = []string{"/vault/vault-env"}, c.Command
+	raw = rawPod(t, &pod)
+	resp := h.Handle(context.Background(), podRequest(admissionv1.Create, raw))
+	if !resp.Allowed || len(resp.Patches) == 0 || len(resp.Warnings) != 1 {
+		t.Fatalf("allowed %v, %d patches, warnings %q: %+v", resp.Allowed, len(resp.Patches), resp.Warnings, resp.Result)
+	}
+	raw = apply(t, raw, resp)
+	if err := json.Unmarshal(raw, &pod); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{wrap.BinaryPath, "--lease=x", "--", "/vault/vault-env", "work"}
+	if diff := cmp.Diff(want, pod.Spec.Containers[0].Command); diff != "" {
+		t.Errorf("command (-want,+got):\n%s", diff)
+	}
+	if resp := h.Handle(context.Background(), podRequest(admissionv1.Create, raw)); !resp.Allowed || len(resp.Patches) > 0 {
+		t.Errorf("a third call: allowed %v, patches %v", resp.Allowed, resp.Patches)
+	}
+}
+
+// A typo in a klock.io/ key would lose the option without a word; the
+// author is told the key meant.
+func TestTypoWarnings(t *testing.T) {
+	h := NewPodHandler(Scheme(), testOptions, nil, nil)
+	pod := builders.MakePod("p", "").Lease("x").Annotation("klock.io/wiat", "10s").Annotation("klock.io/zzzzzzzzzzzz", "1").Container("app", "busybox", "work").Obj()
+	resp := h.Handle(context.Background(), podRequest(admissionv1.Create, rawPod(t, pod)))
+	want := []string{
+		`annotation "klock.io/wiat" is not one klock knows, and is ignored: did you mean klock.io/wait?`,
+		`annotation "klock.io/zzzzzzzzzzzz" is not one klock knows, and is ignored: klock reads klock.io/lease, klock.io/container, klock.io/wait, klock.io/conflict-exit-code, klock.io/lease-duration, klock.io/renew-deadline, klock.io/retry-period, klock.io/signal, klock.io/kill-after, klock.io/cleanup-lease, klock.io/labels, klock.io/skip`,
+	}
+	if !resp.Allowed || !cmp.Equal(want, []string(resp.Warnings)) {
+		t.Errorf("allowed %v, warnings (-want,+got):\n%s", resp.Allowed, cmp.Diff(want, []string(resp.Warnings)))
+	}
 }

@@ -92,7 +92,11 @@ func NewWorkloadHandler(scheme *runtime.Scheme) *WorkloadHandler {
 func (h *WorkloadHandler) Handle(ctx context.Context, req admission.Request) admission.Response {
 	start := time.Now()
 	resp, outcome := h.handle(req)
-	observe(req.Kind.Kind, outcome, start)
+	kind := req.Kind.Kind
+	if _, ok := workloads[schema.GroupKind{Group: req.Kind.Group, Kind: kind}]; !ok {
+		kind = "other" // a fixed set of label values, whatever the request says
+	}
+	observe(kind, outcome, start)
 	return resp
 }
 
@@ -110,17 +114,19 @@ func (h *WorkloadHandler) handle(req admission.Request) (admission.Response, str
 		return admission.Errored(http.StatusInternalServerError, err), outcomeError
 	}
 	template := w.template(obj)
-	if !Propagate(obj.GetAnnotations(), template) {
-		return admission.Allowed(""), outcomeSkipped
+	changed := Propagate(obj.GetAnnotations(), template)
+	// The template holds the workload's own klock.io/ annotations now, too.
+	warnings := wrap.UnknownKeys(template.Annotations)
+	if !changed {
+		return admission.Allowed("").WithWarnings(warnings...), outcomeSkipped
 	}
 	if _, wants := template.Annotations[wrap.AnnotationLease]; wants {
 		if _, errs := wrap.Flags(template.Annotations); len(errs) > 0 {
 			return admission.Denied(fmt.Sprintf("%s (on %s %s, whose pods would all be denied)", errs.ToAggregate(), req.Kind.Kind, req.Name)), outcomeDenied
 		}
 	}
-	var warnings []string
 	if d, ok := obj.(*appsv1.Deployment); ok {
-		warnings = RolloutWarnings(d)
+		warnings = append(warnings, RolloutWarnings(d)...)
 	}
 	mutated, err := json.Marshal(obj)
 	if err != nil {

@@ -263,16 +263,47 @@ func TestClusterLockPolicy(t *testing.T) {
 		}
 	})
 
-	t.Run("a pod's own annotations override the policy's", func(t *testing.T) {
-		p := ownedPod("own-lease", batch, scheduled, "Job", "batch/v1")
-		p.Annotations = map[string]string{wrap.AnnotationLease: "mine", wrap.AnnotationWait: "5s"}
+	t.Run("a pod's own options override the policy's", func(t *testing.T) {
+		p := ownedPod("own-wait", batch, scheduled, "Job", "batch/v1")
+		p.Annotations = map[string]string{wrap.AnnotationWait: "5s"}
 		got, err := pods(selected).Create(ctx, p, metav1.CreateOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		cmd := got.Spec.Containers[0].Command
-		if wrappedLease(t, got) != "mine" || !slices.Contains(cmd, "--wait=5s") || slices.Contains(cmd, "--wait=30s") {
+		if wrappedLease(t, got) != "cronjob-nightly" || !slices.Contains(cmd, "--wait=5s") || slices.Contains(cmd, "--wait=30s") {
 			t.Errorf("lease %q, command %q", got.Annotations[wrap.AnnotationLease], cmd)
+		}
+	})
+
+	// A policy that pods may not skip decides the lease and the container:
+	// otherwise a pod could run beside the others under a lease of its
+	// own, or have klock wrap an idle sidecar.
+	t.Run("a pod cannot escape the policy", func(t *testing.T) {
+		p := ownedPod("own-lease", batch, scheduled, "Job", "batch/v1")
+		p.Annotations = map[string]string{wrap.AnnotationLease: "mine"}
+		_, err := pods(selected).Create(ctx, p, metav1.CreateOptions{})
+		if err == nil || !strings.Contains(err.Error(), `ClusterLockPolicy batch selects this pod, does not allow it to skip the lock, and sets klock.io/lease to "cronjob-nightly"`) {
+			t.Errorf("own lease: err = %v", err)
+		}
+
+		p = ownedPod("idle-sidecar", batch, scheduled, "Job", "batch/v1")
+		p.Spec.Containers = append(p.Spec.Containers, container("idle", "sleep", "1d"))
+		p.Annotations = map[string]string{wrap.AnnotationContainer: "idle"}
+		_, err = pods(selected).Create(ctx, p, metav1.CreateOptions{})
+		if err == nil || !strings.Contains(err.Error(), `sets klock.io/container to "app"`) {
+			t.Errorf("wrapping a sidecar: err = %v", err)
+		}
+
+		// The names klock uses, without klock: an init container called
+		// klock-install and a sidecar that runs some /klock-bin/klock.
+		p = ownedPod("look-alike", batch, scheduled, "Job", "batch/v1")
+		p.Spec.InitContainers = []corev1.Container{container("klock-install", "true")}
+		p.Spec.Containers = append(p.Spec.Containers, container("side", "/klock-bin/klock", "--lease=cronjob-nightly", "--", "sleep", "1d"))
+		p.Annotations = map[string]string{wrap.AnnotationInjected: "side"}
+		_, err = pods(selected).Create(ctx, p, metav1.CreateOptions{})
+		if err == nil || !strings.Contains(err.Error(), `spec.initContainers[0].name: Invalid value: "klock-install": this name is reserved for klock`) {
+			t.Errorf("look-alike: err = %v", err)
 		}
 	})
 
@@ -607,6 +638,16 @@ func TestLeaseAccess(t *testing.T) {
 			if !may("update", "cronjob-report", "leases") {
 				t.Fatal("a running wrapped pod lost its Lease when the policy was deleted")
 			}
+		}
+		// Annotations anyone may add to a pod after its creation, which
+		// the webhook never sees, do not keep the Lease granted.
+		forged, err := cp.Client.CoreV1().Pods(ns).Create(ctx, pod("report-forged", nil, container("app", "sleep", "1d")), metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		forged.Annotations = map[string]string{wrap.AnnotationLease: "cronjob-report", wrap.AnnotationInjected: "app"}
+		if _, err := cp.Client.CoreV1().Pods(ns).Update(ctx, forged, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
 		}
 		if err := cp.Client.CoreV1().Pods(ns).Delete(ctx, running.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To(int64(0))}); err != nil {
 			t.Fatal(err)

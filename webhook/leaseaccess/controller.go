@@ -49,7 +49,16 @@ type Reconciler struct {
 	// WebhookConfiguration is the MutatingWebhookConfiguration: only the
 	// workloads in the namespaces its pods entry serves are granted.
 	WebhookConfiguration string
+	// Wrap is how the webhook wraps pods: a Lease name stays granted for
+	// a running pod only if the pod is wrapped so (wrap.Wrapped), not
+	// because its annotations say so.
+	Wrap wrap.Options
 }
+
+// systemNamespaces are never granted Leases: theirs belong to the control
+// plane (leader election, node heartbeats), whatever a workload there
+// names.
+var systemNamespaces = []string{"kube-system", "kube-node-lease", "kube-public"}
 
 // SetupWithManager runs one controller per workload kind, on the leader.
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
@@ -163,6 +172,9 @@ const inUseRecheck = 2 * time.Minute
 // wrapped, or not to be granted.
 func (r *Reconciler) grant(ctx context.Context, w policy.WorkloadTemplate) (*leaseGrant, error) {
 	pod := w.Pod()
+	if slices.Contains(systemNamespaces, pod.Namespace) {
+		return nil, nil
+	}
 	ns := &metav1.PartialObjectMetadata{}
 	ns.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Namespace"))
 	if err := r.Client.Get(ctx, types.NamespacedName{Name: pod.Namespace}, ns); err != nil {
@@ -251,15 +263,23 @@ func (r *Reconciler) refusal(ctx context.Context, ns, name string) (why string, 
 // inUse returns what the existing Role name grants beyond want that wrapped
 // pods in ns still use: the Lease names they hold, with the verbs and
 // service accounts they were granted. It reads the pods' metadata from the
-// API server, only when there is such a difference.
+// API server, only when there is such a difference, and then, for each
+// such Lease name, whole pods until one is wrapped for it: annotations
+// anyone may write, so they alone must not keep a grant alive.
 func (r *Reconciler) inUse(ctx context.Context, ns, name string, want *leaseGrant) (*leaseGrant, error) {
 	var role rbacv1.Role
 	if err := r.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &role); err != nil {
 		return nil, client.IgnoreNotFound(err)
 	}
-	var old []string
+	if role.Labels[wrap.LabelManagedBy] != wrap.ManagedByWebhook {
+		return nil, nil // not ours: nothing of it is kept
+	}
+	var old, verbs []string
 	for _, rule := range role.Rules {
-		old = append(old, rule.ResourceNames...)
+		if len(rule.ResourceNames) > 0 {
+			old = append(old, rule.ResourceNames...)
+			verbs = union(verbs, rule.Verbs)
+		}
 	}
 	extra := slices.DeleteFunc(old, func(l string) bool { return want != nil && slices.Contains(want.leases, l) })
 	if len(extra) == 0 {
@@ -272,7 +292,18 @@ func (r *Reconciler) inUse(ctx context.Context, ns, name string, want *leaseGran
 	}
 	var held []string
 	for _, p := range pods.Items {
-		if lease := p.Annotations[wrap.AnnotationLease]; p.Annotations[wrap.AnnotationInjected] != "" && slices.Contains(extra, lease) {
+		lease := p.Annotations[wrap.AnnotationLease]
+		if p.Annotations[wrap.AnnotationInjected] == "" || !slices.Contains(extra, lease) || slices.Contains(held, lease) {
+			continue
+		}
+		var pod corev1.Pod
+		if err := r.API.Get(ctx, client.ObjectKeyFromObject(&p), &pod); err != nil {
+			if apierrors.IsNotFound(err) {
+				continue
+			}
+			return nil, fmt.Errorf("reading pod %s/%s, to keep the Lease it holds: %w", ns, p.Name, err)
+		}
+		if pod.Annotations[wrap.AnnotationLease] == lease && wrap.WrappedByAnyVersion(&pod, r.Wrap) {
 			held = append(held, lease)
 		}
 	}
@@ -287,7 +318,7 @@ func (r *Reconciler) inUse(ctx context.Context, ns, name string, want *leaseGran
 	for _, s := range binding.Subjects {
 		accounts = append(accounts, s.Name)
 	}
-	return &leaseGrant{serviceAccounts: union(accounts, nil), leases: union(held, nil), verbs: role.Rules[0].Verbs}, nil
+	return &leaseGrant{serviceAccounts: union(accounts, nil), leases: union(held, nil), verbs: verbs}, nil
 }
 
 // revoke deletes the Role and RoleBinding named name, if the webhook made

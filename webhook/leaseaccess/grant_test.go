@@ -6,7 +6,9 @@ import (
 	"testing"
 
 	authorizationv1 "k8s.io/api/authorization/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
@@ -83,5 +85,19 @@ func TestReviewerWarnsOfForeignLease(t *testing.T) {
 	}
 	if got := warnings(NewReviewer(client), "operator-leader"); len(got) != 0 {
 		t.Errorf("without lease access the Lease is not read: warnings %q", got)
+	}
+}
+
+// The control plane's namespaces are never granted a Lease, whatever a
+// workload there names (it is decided before anything is read).
+func TestNoGrantInSystemNamespaces(t *testing.T) {
+	for _, ns := range []string{"kube-system", "kube-node-lease", "kube-public"} {
+		cronJob := &batchv1.CronJob{ObjectMeta: metav1.ObjectMeta{Name: "c", Namespace: ns}}
+		template := &corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{"klock.io/lease": "kube-controller-manager"}}}
+		r := &Reconciler{Mode: ModeAll}
+		g, err := r.grant(context.Background(), policy.WorkloadTemplate{Workload: policy.Workload{Kind: "CronJob", Name: "c"}, Object: cronJob, Template: template})
+		if g != nil || err != nil {
+			t.Errorf("%s: grant %+v, err %v", ns, g, err)
+		}
 	}
 }

@@ -35,8 +35,6 @@ func TestPolicyWebhook(t *testing.T) {
 			{Key: "tier", Operator: metav1.LabelSelectorOpIn, Values: []string{"batch"}},
 		}},
 		MatchConditions: []admissionregistrationv1.MatchCondition{
-			{Name: "not-wrapped", Expression: "!(has(object.spec.initContainers) && object.spec.initContainers.exists(c, c.name == 'klock-install') && " +
-				"object.spec.containers.exists(c, has(c.command) && size(c.command) > 0 && c.command[0] == '/klock-bin/klock'))"},
 			{Name: "not-skipped", Expression: "!has(object.metadata.annotations) || !('klock.io/skip' in object.metadata.annotations) || object.metadata.annotations['klock.io/skip'] != 'true'"},
 			{Name: "workload-kinds", Expression: "has(object.metadata.ownerReferences) && object.metadata.ownerReferences.exists(r, has(r.controller) && r.controller && r.kind in ['Job', 'ReplicaSet'])"},
 		},

@@ -71,8 +71,10 @@ func ValidatePolicy(p *klockv1alpha1.ClusterLockPolicy) error {
 	}
 	// A pod with a lease of its own, so that only the options are checked:
 	// the template is checked by the schema, and rendered per pod.
+	check := p.DeepCopy()
+	check.Spec.AllowSkip = true
 	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{wrap.AnnotationLease: "check"}}}
-	values, _ := policyAnnotations(p, pod, Workload{})
+	values, _ := policyAnnotations(check, pod, Workload{})
 	values[wrap.AnnotationLease] = "check"
 	if _, ferrs := wrap.Flags(values); len(ferrs) > 0 {
 		for _, e := range ferrs {
@@ -145,6 +147,11 @@ func ApplyPolicies(pod *corev1.Pod, candidates []*klockv1alpha1.ClusterLockPolic
 	if pod.Annotations == nil {
 		pod.Annotations = map[string]string{}
 	}
+	if !p.Spec.AllowSkip {
+		if err := enforce(p, pod, values); err != nil {
+			return nil, nil, err
+		}
+	}
 	for k, v := range values {
 		if _, own := pod.Annotations[k]; !own {
 			pod.Annotations[k] = v
@@ -154,12 +161,32 @@ func ApplyPolicies(pod *corev1.Pod, candidates []*klockv1alpha1.ClusterLockPolic
 	return p, warnings, nil
 }
 
+// enforce makes the lease and the container of a policy that pods may not
+// skip the policy's, not the pod's: a pod that could name its own lease
+// would run beside the others under a lease of its own, and one that could
+// name its container would have klock wrap an idle sidecar. A policy
+// without a container wraps the first. A pod that names either otherwise
+// is denied; saying the same is fine.
+func enforce(p *klockv1alpha1.ClusterLockPolicy, pod *corev1.Pod, values map[string]string) error {
+	if _, ok := values[wrap.AnnotationContainer]; !ok && len(pod.Spec.Containers) > 0 {
+		values[wrap.AnnotationContainer] = pod.Spec.Containers[0].Name
+	}
+	for _, key := range []string{wrap.AnnotationLease, wrap.AnnotationContainer} {
+		own, ok := pod.Annotations[key]
+		if ok && own != values[key] {
+			return field.Forbidden(annotationsPath.Key(key), fmt.Sprintf("ClusterLockPolicy %s selects this pod, does not allow it to skip the lock, and sets %s to %q: remove the annotation, or set it to that value", p.Name, key, values[key]))
+		}
+	}
+	return nil
+}
+
 // policyAnnotations is what policy p says, as the annotations that say the
 // same on a pod.
 func policyAnnotations(p *klockv1alpha1.ClusterLockPolicy, pod *corev1.Pod, w Workload) (map[string]string, error) {
 	s := p.Spec
 	out := map[string]string{}
-	if _, own := pod.Annotations[wrap.AnnotationLease]; !own {
+	// A pod's own lease is rendered too where the policy enforces its own.
+	if _, own := pod.Annotations[wrap.AnnotationLease]; !own || !s.AllowSkip {
 		lease, err := RenderLease(cmp.Or(s.Lease, klockv1alpha1.DefaultLease), pod.Namespace, w, pod.Labels)
 		if err != nil {
 			return nil, fmt.Errorf("ClusterLockPolicy %s selects this pod, but its lease %q cannot be named for it: %w", p.Name, s.Lease, err)

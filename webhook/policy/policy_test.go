@@ -92,9 +92,36 @@ func TestApplyPolicies(t *testing.T) {
 			},
 		},
 		{
-			name: "the pod's own annotations win", pod: builders.MakePod("p", "ns").Lease("mine").Annotation(wrap.AnnotationWait, "1s"),
-			policies: []*klockv1alpha1.ClusterLockPolicy{builders.MakePolicy("p").Obj()}, w: cronJob, applied: "p",
+			name: "the pod's own annotations win where it may skip", pod: builders.MakePod("p", "ns").Lease("mine").Annotation(wrap.AnnotationWait, "1s"),
+			policies: []*klockv1alpha1.ClusterLockPolicy{builders.MakePolicy("p").AllowSkip().Obj()}, w: cronJob, applied: "p",
 			want: map[string]string{"klock.io/lease": "mine", "klock.io/wait": "1s", "klock.io/policy": "p"},
+		},
+		{
+			name: "where it may not skip, its own options still win", pod: builders.MakePod("p", "ns").Annotation(wrap.AnnotationWait, "1s"),
+			policies: []*klockv1alpha1.ClusterLockPolicy{builders.MakePolicy("p").Obj()}, w: cronJob, applied: "p",
+			want: map[string]string{"klock.io/lease": "cronjob-backup", "klock.io/wait": "1s", "klock.io/policy": "p"},
+		},
+		{
+			name: "but not its own lease", pod: builders.MakePod("p", "ns").Lease("mine"),
+			policies: []*klockv1alpha1.ClusterLockPolicy{builders.MakePolicy("p").Obj()}, w: cronJob,
+			err: `metadata.annotations[klock.io/lease]: Forbidden: ClusterLockPolicy p selects this pod, does not allow it to skip the lock, and sets klock.io/lease to "cronjob-backup"`,
+		},
+		{
+			name: "its own lease may say the same", pod: builders.MakePod("p", "ns").Lease("cronjob-backup"),
+			policies: []*klockv1alpha1.ClusterLockPolicy{builders.MakePolicy("p").Obj()}, w: cronJob, applied: "p",
+			want: map[string]string{"klock.io/lease": "cronjob-backup", "klock.io/policy": "p"},
+		},
+		{
+			name: "the policy wraps the first container", pod: builders.MakePod("p", "ns").Container("main", "busybox", "work").Container("side", "busybox", "sleep").
+				Annotation(wrap.AnnotationDefaultContainer, "side"),
+			policies: []*klockv1alpha1.ClusterLockPolicy{builders.MakePolicy("p").Obj()}, w: cronJob, applied: "p",
+			want: map[string]string{"klock.io/lease": "cronjob-backup", "klock.io/container": "main", "klock.io/policy": "p", wrap.AnnotationDefaultContainer: "side"},
+		},
+		{
+			name: "not the container the pod names", pod: builders.MakePod("p", "ns").Container("main", "busybox", "work").Container("side", "busybox", "sleep").
+				Annotation(wrap.AnnotationContainer, "side"),
+			policies: []*klockv1alpha1.ClusterLockPolicy{builders.MakePolicy("p").Obj()}, w: cronJob,
+			err: `metadata.annotations[klock.io/container]: Forbidden: ClusterLockPolicy p selects this pod, does not allow it to skip the lock, and sets klock.io/container to "main"`,
 		},
 		{
 			name: "default lease is kind and name", pod: builders.MakePod("p", "ns"),

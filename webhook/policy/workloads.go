@@ -3,6 +3,7 @@ package policy
 import (
 	"context"
 	"maps"
+	"slices"
 
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
@@ -33,7 +34,8 @@ func (w WorkloadTemplate) Pod() *corev1.Pod {
 			Labels:      w.Template.Labels,
 			Annotations: maps.Clone(w.Template.Annotations),
 		},
-		Spec: corev1.PodSpec{ServiceAccountName: w.Template.Spec.ServiceAccountName},
+		// The containers, for a policy that wraps the first by name.
+		Spec: corev1.PodSpec{ServiceAccountName: w.Template.Spec.ServiceAccountName, Containers: slices.Clone(w.Template.Spec.Containers)},
 	}
 }
 

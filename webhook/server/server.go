@@ -143,7 +143,7 @@ func addAdmission(ctx context.Context, mgr ctrl.Manager, server ctrlwebhook.Serv
 		return err
 	}
 	platform, _ := v1.ParsePlatform(o.DefaultPlatform) // validated by Run
-	opts := wrap.Options{Image: o.KlockImage, ImagePullPolicy: corev1.PullPolicy(o.ImagePullPolicy)}
+	opts := o.wrapOptions()
 	reviewer := leaseaccess.NewReviewer(clientset)
 	if o.LeaseAccess != leaseaccess.ModeOff {
 		reviewer.WithLeaseAccess() // the webhook may get Leases
@@ -194,7 +194,7 @@ func addControllers(mgr ctrl.Manager, o *Options) error {
 		}
 	}
 	if o.LeaseAccess != leaseaccess.ModeOff {
-		if err := (&leaseaccess.Reconciler{Client: mgr.GetClient(), API: mgr.GetAPIReader(), Mode: o.LeaseAccess, WebhookConfiguration: o.WebhookConfiguration}).SetupWithManager(mgr); err != nil {
+		if err := (&leaseaccess.Reconciler{Client: mgr.GetClient(), API: mgr.GetAPIReader(), Mode: o.LeaseAccess, WebhookConfiguration: o.WebhookConfiguration, Wrap: o.wrapOptions()}).SetupWithManager(mgr); err != nil {
 			return fmt.Errorf("cannot set up the Lease access controller: %w", err)
 		}
 	}
@@ -256,4 +256,9 @@ func startWithSelfManagedTLS(ctx context.Context, mgr ctrl.Manager, server ctrlw
 func certsPresent(dir string) bool {
 	_, err := tls.LoadX509KeyPair(filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"))
 	return err == nil
+}
+
+// wrapOptions is how the webhook wraps pods.
+func (o *Options) wrapOptions() wrap.Options {
+	return wrap.Options{Image: o.KlockImage, ImagePullPolicy: corev1.PullPolicy(o.ImagePullPolicy)}
 }

@@ -49,7 +49,7 @@ func FuzzMutate(f *testing.F) {
 			}
 			return
 		}
-		if !wrap.Wrapped(pod) || len(pod.Spec.InitContainers) != 1 || len(pod.Spec.Volumes) != 1 {
+		if !wrap.Wrapped(pod, testOptions) || len(pod.Spec.InitContainers) != 1 || len(pod.Spec.Volumes) != 1 {
 			t.Fatalf("admitted but not wrapped once: %+v", pod.Spec)
 		}
 		got := pod.Spec.Containers[0].Command

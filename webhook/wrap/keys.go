@@ -63,3 +63,14 @@ const (
 	LabelManagedBy   = "app.kubernetes.io/managed-by"
 	ManagedByWebhook = "klock-webhook"
 )
+
+// userKeys are the klock.io/ annotation keys a pod's or workload's author
+// may set.
+var userKeys = []string{
+	AnnotationLease, AnnotationContainer, AnnotationWait, AnnotationConflictExitCode,
+	AnnotationLeaseDuration, AnnotationRenewDeadline, AnnotationRetryPeriod, AnnotationSignal,
+	AnnotationKillAfter, AnnotationCleanupLease, AnnotationLabels, AnnotationSkip,
+}
+
+// knownKeys are the klock.io/ annotation keys klock reads or writes.
+var knownKeys = append(userKeys[:len(userKeys):len(userKeys)], AnnotationInjected, AnnotationPolicy)

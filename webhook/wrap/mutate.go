@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/utils/ptr"
@@ -44,14 +45,146 @@ func Wants(pod *corev1.Pod) bool {
 	return ok
 }
 
-// Wrapped reports whether pod has been wrapped already: the init container
-// is there and a container runs klock.
-func Wrapped(pod *corev1.Pod) bool {
-	hasInit := slices.ContainsFunc(pod.Spec.InitContainers, func(c corev1.Container) bool { return c.Name == InitContainerName })
-	runsKlock := slices.ContainsFunc(pod.Spec.Containers, func(c corev1.Container) bool {
-		return len(c.Command) > 0 && c.Command[0] == BinaryPath
-	})
-	return hasInit && runsKlock
+// Wrapped reports whether pod runs under klock as Mutate wraps it with
+// opts, for the klock.io/ annotations it carries (see recognise), with klock
+// first in the wrapped container's argv. Names alone prove nothing: an
+// init container called klock-install beside a sidecar that runs some
+// /klock-bin/klock is not wrapped.
+func Wrapped(pod *corev1.Pod, opts Options) bool {
+	_, at, ok := recognise(pod, func(image string) bool { return image == opts.Image })
+	return ok && at == 0
+}
+
+// WrappedByAnyVersion is Wrapped with the installer's image allowed to be
+// any tag or digest of opts.Image's repository: for pods that started
+// before the webhook was upgraded to another klock image.
+func WrappedByAnyVersion(pod *corev1.Pod, opts Options) bool {
+	_, at, ok := recognise(pod, func(image string) bool { return repository(image) == repository(opts.Image) })
+	return ok && at == 0
+}
+
+// repository is an image reference without its tag and digest.
+func repository(image string) string {
+	image, _, _ = strings.Cut(image, "@")
+	if i := strings.LastIndexByte(image, ':'); i > strings.LastIndexByte(image, '/') {
+		image = image[:i]
+	}
+	return image
+}
+
+// recognise finds klock's wrapping in pod, as Mutate makes it for the
+// pod's annotations: the klock.io/injected annotation names the container
+// Target picks; the pod has klock's volume, an emptyDir, and one init
+// container that runs the installer from an image that klockImage accepts;
+// no other container mounts the volume (one that did could replace the
+// binary); the target container mounts it read-only and gets klock's
+// variables; and its argv (command, then args) holds klock's head,
+// `/klock-bin/klock <flags for the annotations> --`, at index at. at is 0
+// unless another webhook has put its own wrapper in front of klock's.
+//
+// It compares what decides which program runs, with what arguments, and
+// not the rest (resources, security context, fields the API server
+// defaults), so that it holds for pods read back from the API server.
+func recognise(pod *corev1.Pod, klockImage func(string) bool) (target, at int, ok bool) {
+	flags, errs := Flags(pod.Annotations)
+	target, ferr := Target(pod)
+	if len(errs) > 0 || ferr != nil {
+		return 0, 0, false
+	}
+	c := &pod.Spec.Containers[target]
+	if pod.Annotations[AnnotationInjected] != c.Name {
+		return 0, 0, false
+	}
+	volumes := 0
+	for _, v := range pod.Spec.Volumes {
+		if v.Name != VolumeName {
+			continue
+		}
+		volumes++
+		if v.EmptyDir == nil || !equality.Semantic.DeepEqual(v.VolumeSource, corev1.VolumeSource{EmptyDir: v.EmptyDir}) {
+			return 0, 0, false
+		}
+	}
+	if volumes != 1 {
+		return 0, 0, false
+	}
+	installers := 0
+	for _, ic := range pod.Spec.InitContainers {
+		switch {
+		case ic.Name == InitContainerName && isInstaller(ic, klockImage):
+			installers++
+		case ic.Name == InitContainerName || mounts(ic.VolumeMounts) > 0:
+			return 0, 0, false
+		}
+	}
+	if installers != 1 {
+		return 0, 0, false
+	}
+	for i, cc := range pod.Spec.Containers {
+		if i != target && mounts(cc.VolumeMounts) > 0 {
+			return 0, 0, false
+		}
+	}
+	for _, ec := range pod.Spec.EphemeralContainers {
+		if mounts(ec.VolumeMounts) > 0 {
+			return 0, 0, false
+		}
+	}
+	if mounts(c.VolumeMounts) != 1 || !slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return sameMount(m, mount()) }) {
+		return 0, 0, false
+	}
+	for _, want := range env() {
+		named := slices.DeleteFunc(slices.Clone(c.Env), func(e corev1.EnvVar) bool { return e.Name != want.Name })
+		if len(named) != 1 || named[0].Value != "" || named[0].ValueFrom == nil || named[0].ValueFrom.FieldRef == nil ||
+			!equality.Semantic.DeepEqual(*named[0].ValueFrom, corev1.EnvVarSource{FieldRef: named[0].ValueFrom.FieldRef}) ||
+			named[0].ValueFrom.FieldRef.FieldPath != want.ValueFrom.FieldRef.FieldPath {
+			return 0, 0, false
+		}
+	}
+	at = index(append(slices.Clone(c.Command), c.Args...), head(flags))
+	return target, at, at >= 0
+}
+
+// isInstaller reports whether c runs what the installer runs: klock's
+// install command, from an image klockImage accepts, with klock's volume
+// as its only mount, nothing else in its environment, and not as a
+// sidecar.
+func isInstaller(c corev1.Container, klockImage func(string) bool) bool {
+	want := installer(Options{})
+	return klockImage(c.Image) && slices.Equal(c.Command, want.Command) && len(c.Args) == 0 && c.WorkingDir == "" &&
+		len(c.Env) == 0 && len(c.EnvFrom) == 0 && len(c.VolumeDevices) == 0 && c.RestartPolicy == nil &&
+		len(c.VolumeMounts) == 1 && sameMount(c.VolumeMounts[0], want.VolumeMounts[0])
+}
+
+// sameMount compares what decides which files a mount shows, and where.
+func sameMount(a, b corev1.VolumeMount) bool {
+	return a.Name == b.Name && a.MountPath == b.MountPath && a.ReadOnly == b.ReadOnly && a.SubPath == b.SubPath && a.SubPathExpr == b.SubPathExpr
+}
+
+// mounts counts the mounts of klock's volume.
+func mounts(ms []corev1.VolumeMount) int {
+	n := 0
+	for _, m := range ms {
+		if m.Name == VolumeName {
+			n++
+		}
+	}
+	return n
+}
+
+// head is what Mutate puts in front of the original argv.
+func head(flags []string) []string {
+	return append(append([]string{BinaryPath}, flags...), "--")
+}
+
+// index returns where sub starts in s, or -1.
+func index(s, sub []string) int {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if slices.Equal(s[i:i+len(sub)], sub) {
+			return i
+		}
+	}
+	return -1
 }
 
 // Target returns the index in pod.Spec.Containers of the container to wrap:
@@ -87,12 +220,28 @@ func containerNames(pod *corev1.Pod) string {
 // and makes the target container run its original argv under klock. image
 // is the target container's image command, needed only when the container
 // sets no command (see Target). A pod that does not ask for klock, or is
-// wrapped already, is left as it is. The error, when not nil, is a
-// field.ErrorList aggregate that says what to fix; the pod must then be
-// denied, never admitted unwrapped.
+// wrapped already, is left as it is; one whose klock another webhook has
+// since wrapped in its own command (reinvocation) gets klock back in
+// front, running that webhook's wrapper and the original argv: whatever a
+// command prefix does, it then does under the lock. The error, when not
+// nil, is a field.ErrorList aggregate that says what to fix; the pod must
+// then be denied, never admitted unwrapped.
 func Mutate(pod *corev1.Pod, opts Options, image *ImageCommand) (warnings []string, err error) {
-	if !Wants(pod) || Wrapped(pod) {
+	if !Wants(pod) {
 		return nil, nil
+	}
+	if target, at, ok := recognise(pod, func(image string) bool { return image == opts.Image }); ok {
+		if at == 0 {
+			return nil, nil
+		}
+		c := &pod.Spec.Containers[target]
+		flags, _ := Flags(pod.Annotations)
+		h := head(flags)
+		argv := append(slices.Clone(c.Command), c.Args...)
+		prefix := argv[:at]
+		c.Command = append(append(slices.Clone(h), prefix...), argv[at+len(h):]...)
+		c.Args = nil
+		return []string{fmt.Sprintf("container %q: another webhook put %q in front of klock; klock runs first again, and starts it under the lock", c.Name, strings.Join(prefix, " "))}, nil
 	}
 	var errs field.ErrorList
 	flags, ferrs := Flags(pod.Annotations)
@@ -124,22 +273,37 @@ func Mutate(pod *corev1.Pod, opts Options, image *ImageCommand) (warnings []stri
 		warnings = append(warnings, fmt.Sprintf("container %q has a livenessProbe, but its command does not start until klock holds the lease: the probe may restart the container while it waits; use a startupProbe, or %s to bound the wait", c.Name, AnnotationWait))
 	}
 
-	c.Command = append(append([]string{BinaryPath}, flags...), append([]string{"--"}, argv...)...)
+	c.Command = append(head(flags), argv...)
 	c.Args = nil
-	c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: VolumeName, MountPath: MountPath, ReadOnly: true})
-	c.Env = append(c.Env,
-		corev1.EnvVar{Name: cli.EnvNamespace, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
-		corev1.EnvVar{Name: cli.EnvIdentity, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
-	)
-	pod.Spec.Volumes = append(pod.Spec.Volumes, corev1.Volume{
+	c.VolumeMounts = append(c.VolumeMounts, mount())
+	c.Env = append(c.Env, env()...)
+	pod.Spec.Volumes = append(pod.Spec.Volumes, volume())
+	pod.Spec.InitContainers = append([]corev1.Container{installer(opts)}, pod.Spec.InitContainers...)
+	pod.Annotations[AnnotationInjected] = c.Name
+	return warnings, nil
+}
+
+// volume is the volume the installer copies klock into.
+func volume() corev1.Volume {
+	return corev1.Volume{
 		Name: VolumeName,
 		VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{
 			Medium: corev1.StorageMediumMemory, SizeLimit: ptr.To(resource.MustParse("32Mi")),
 		}},
-	})
-	pod.Spec.InitContainers = append([]corev1.Container{installer(opts)}, pod.Spec.InitContainers...)
-	pod.Annotations[AnnotationInjected] = c.Name
-	return warnings, nil
+	}
+}
+
+// mount is the wrapped container's mount of volume.
+func mount() corev1.VolumeMount {
+	return corev1.VolumeMount{Name: VolumeName, MountPath: MountPath, ReadOnly: true}
+}
+
+// env tells klock, in the wrapped container, its namespace and identity.
+func env() []corev1.EnvVar {
+	return []corev1.EnvVar{
+		{Name: cli.EnvNamespace, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
+		{Name: cli.EnvIdentity, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
+	}
 }
 
 // collisions finds objects of the pod's own that use the names the webhook
@@ -164,6 +328,25 @@ func collisions(pod *corev1.Pod, c *corev1.Container, target int) field.ErrorLis
 		if cc.Name == InitContainerName {
 			reserved(spec.Child("containers").Index(i).Child("name"), cc.Name)
 		}
+	}
+	// Another container that mounted klock's volume could replace the
+	// binary the wrapped container runs.
+	mountsOf := func(path *field.Path, ms []corev1.VolumeMount) {
+		for i, m := range ms {
+			if m.Name == VolumeName {
+				errs = append(errs, field.Invalid(path.Child("volumeMounts").Index(i).Child("name"), m.Name,
+					"klock's volume is mounted only by klock; remove this mount"))
+			}
+		}
+	}
+	for i, ic := range pod.Spec.InitContainers {
+		mountsOf(spec.Child("initContainers").Index(i), ic.VolumeMounts)
+	}
+	for i, cc := range pod.Spec.Containers {
+		mountsOf(spec.Child("containers").Index(i), cc.VolumeMounts)
+	}
+	for i, ec := range pod.Spec.EphemeralContainers {
+		mountsOf(spec.Child("ephemeralContainers").Index(i), ec.VolumeMounts)
 	}
 	cpath := spec.Child("containers").Index(target)
 	for i, m := range c.VolumeMounts {

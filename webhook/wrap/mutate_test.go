@@ -173,6 +173,12 @@ func TestMutateDenies(t *testing.T) {
 		{name: "no service account token", pod: job().NoServiceAccountToken().Container("app", "busybox", "x").Obj(),
 			want: []string{"spec.automountServiceAccountToken: Invalid value: false", "remove automountServiceAccountToken: false"}},
 		{name: "no containers", pod: job().Obj(), want: []string{"spec.containers: Required value"}},
+		{name: "another container mounts klock's volume", pod: job().Container("app", "busybox", "x").Container("side", "busybox", "y").Mount("klock-bin", "/x").Obj(),
+			want: []string{`spec.containers[1].volumeMounts[0].name: Invalid value: "klock-bin": klock's volume is mounted only by klock`}},
+		{name: "names only: a dummy installer and a sidecar that runs klock", pod: job().Annotation(wrap.AnnotationInjected, "side").
+			InitContainer("klock-install", "busybox", false).Container("app", "busybox", "work").
+			Container("side", "busybox", "/klock-bin/klock", "--lease=nightly", "--", "sleep", "1d").Obj(),
+			want: []string{`spec.initContainers[0].name: Invalid value: "klock-install": this name is reserved for klock`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := tc.pod.DeepCopy()
@@ -189,5 +195,103 @@ func TestMutateDenies(t *testing.T) {
 				t.Errorf("a denied pod was changed (-before,+after):\n%s", diff)
 			}
 		})
+	}
+}
+
+// A pod counts as wrapped only with the whole structure Mutate makes, so
+// that names alone (a dummy init container, a sidecar that runs some
+// /klock-bin/klock) let nothing pass.
+func TestWrapped(t *testing.T) {
+	wrapped := func() *corev1.Pod {
+		pod := builders.MakePod("p", "ns").Lease("nightly").Container("app", "busybox", "work").Container("side", "envoy", "envoy").Obj()
+		pod.Annotations[wrap.AnnotationContainer] = "app"
+		if _, err := wrap.Mutate(pod, testOptions, nil); err != nil {
+			t.Fatal(err)
+		}
+		return pod
+	}
+	for _, tc := range []struct {
+		name         string
+		edit         func(*corev1.Pod)
+		want, anyTag bool
+	}{
+		{name: "as Mutate made it", edit: func(*corev1.Pod) {}, want: true, anyTag: true},
+		{name: "read back with the API server's defaults", edit: func(p *corev1.Pod) {
+			p.Spec.InitContainers[0].TerminationMessagePath = "/dev/termination-log"
+			for i := range p.Spec.Containers[0].Env {
+				p.Spec.Containers[0].Env[i].ValueFrom.FieldRef.APIVersion = "v1"
+			}
+		}, want: true, anyTag: true},
+		{name: "names only: a dummy installer and a sidecar that runs klock", edit: func(p *corev1.Pod) {
+			*p = *builders.MakePod("p", "ns").Lease("nightly").Annotation(wrap.AnnotationInjected, "side").
+				InitContainer("klock-install", "busybox", false).Container("app", "busybox", "work").
+				Container("side", "busybox", "/klock-bin/klock", "--lease=nightly", "--", "sleep", "1d").Obj()
+		}},
+		{name: "the installer from another image", edit: func(p *corev1.Pod) { p.Spec.InitContainers[0].Image = "evil/klock:v1" }},
+		{name: "the installer from another tag", edit: func(p *corev1.Pod) { p.Spec.InitContainers[0].Image = "ghcr.io/klock-io/klock:v0.9" }, anyTag: true},
+		{name: "the installer runs another command", edit: func(p *corev1.Pod) { p.Spec.InitContainers[0].Command = []string{"/klock", "version"} }},
+		{name: "the installer with a mount over /klock", edit: func(p *corev1.Pod) {
+			p.Spec.InitContainers[0].VolumeMounts = append(p.Spec.InitContainers[0].VolumeMounts, corev1.VolumeMount{Name: "fake", MountPath: "/klock", SubPath: "klock"})
+		}},
+		{name: "a second installer", edit: func(p *corev1.Pod) { p.Spec.InitContainers = append(p.Spec.InitContainers, p.Spec.InitContainers[0]) }},
+		{name: "an init container that can rewrite the binary", edit: func(p *corev1.Pod) {
+			p.Spec.InitContainers = append(p.Spec.InitContainers, corev1.Container{Name: "swap", Image: "busybox", VolumeMounts: []corev1.VolumeMount{{Name: "klock-bin", MountPath: "/x"}}})
+		}},
+		{name: "a sidecar that mounts klock's volume", edit: func(p *corev1.Pod) {
+			p.Spec.Containers[1].VolumeMounts = []corev1.VolumeMount{{Name: "klock-bin", MountPath: "/x"}}
+		}},
+		{name: "the volume from the host", edit: func(p *corev1.Pod) {
+			p.Spec.Volumes[0].VolumeSource = corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/tmp"}}
+		}},
+		{name: "the mount writable", edit: func(p *corev1.Pod) { p.Spec.Containers[0].VolumeMounts[0].ReadOnly = false }},
+		{name: "klock's identity set by the pod", edit: func(p *corev1.Pod) { p.Spec.Containers[0].Env[1] = corev1.EnvVar{Name: "KLOCK_IDENTITY", Value: "other"} }},
+		{name: "another lease than the annotation's", edit: func(p *corev1.Pod) { p.Annotations[wrap.AnnotationLease] = "other" }},
+		{name: "an option the flags do not carry", edit: func(p *corev1.Pod) { p.Annotations[wrap.AnnotationWait] = "10s" }},
+		{name: "another container than the one named", edit: func(p *corev1.Pod) { p.Annotations[wrap.AnnotationContainer] = "side" }},
+		{name: "klock behind a shell", edit: func(p *corev1.Pod) {
+			c := &p.Spec.Containers[0]
+			c.Command = append([]string{"sh", "-c", "sleep 1d"}, c.Command...)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pod := wrapped()
+			tc.edit(pod)
+			if got := wrap.Wrapped(pod, testOptions); got != tc.want {
+				t.Errorf("Wrapped = %v, want %v", got, tc.want)
+			}
+			if got := wrap.WrappedByAnyVersion(pod, testOptions); got != tc.anyTag {
+				t.Errorf("WrappedByAnyVersion = %v, want %v", got, tc.anyTag)
+			}
+		})
+	}
+}
+
+// Another webhook that wraps commands (such as a secrets injector that
+// runs its own binary, then the argv it was given) may run after klock;
+// on reinvocation klock goes back in front, and runs it under the lock.
+func TestMutateReinvoked(t *testing.T) {
+	pod := builders.MakePod("p", "ns").Lease("nightly").Container("app", "busybox", "work", "--now").Obj()
+	if _, err := wrap.Mutate(pod, testOptions, nil); err != nil {
+		t.Fatal(err)
+	}
+	c := &pod.Spec.Containers[0]
+	c.Command, c.Args = []string{"/vault/vault-env"}, c.Command // as such a webhook does
+	warnings, err := wrap.Mutate(pod, testOptions, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"/klock-bin/klock", "--lease=nightly", "--", "/vault/vault-env", "work", "--now"}
+	if diff := cmp.Diff(want, c.Command); diff != "" || len(c.Args) > 0 {
+		t.Errorf("command (-want,+got):\n%s\nargs %q", diff, c.Args)
+	}
+	if len(warnings) != 1 || !strings.Contains(warnings[0], `"/vault/vault-env"`) {
+		t.Errorf("warnings %q, want one naming the other wrapper", warnings)
+	}
+	if !wrap.Wrapped(pod, testOptions) {
+		t.Error("not Wrapped after klock went back in front")
+	}
+	again := pod.DeepCopy()
+	if _, err := wrap.Mutate(again, testOptions, nil); err != nil || !cmp.Equal(pod, again) {
+		t.Errorf("a third call changed the pod (err %v):\n%s", err, cmp.Diff(pod, again))
 	}
 }
