@@ -24,7 +24,9 @@ const (
 const DefaultLease = "{kind}-{name}"
 
 // ClusterLockPolicySpec selects pods and says how klock wraps them. Each
-// option is a default: a pod's own klock.io/ annotation overrides it.
+// option is a default: a pod's own klock.io/ annotation overrides it;
+// except, in a policy without allowSkip, the lease and the container,
+// which the policy decides and a pod may only repeat.
 //
 // The timings left out are derived from those given in client-go's
 // proportions (leaseDuration 15 : renewDeadline 10 : retryPeriod 2), as
@@ -73,7 +75,8 @@ type ClusterLockPolicySpec struct {
 	Priority int32 `json:"priority,omitempty"`
 
 	// AllowSkip lets a pod opt out with the annotation klock.io/skip:
-	// "true". Without it, such a pod is denied.
+	// "true", and choose its own lease and container. Without it, such a
+	// pod is denied.
 	// +optional
 	AllowSkip bool `json:"allowSkip,omitempty"`
 
@@ -83,7 +86,9 @@ type ClusterLockPolicySpec struct {
 	// +optional
 	GrantLeaseAccess bool `json:"grantLeaseAccess,omitempty"`
 
-	// Container is the container to wrap (klock.io/container).
+	// Container is the container to wrap (klock.io/container). Without
+	// allowSkip, a pod may not name another, and a policy that names none
+	// wraps the pod's first container.
 	// +optional
 	// +kubebuilder:validation:MaxLength=63
 	Container string `json:"container,omitempty"`
