@@ -244,7 +244,9 @@ func TestWrapped(t *testing.T) {
 			p.Spec.Volumes[0].VolumeSource = corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/tmp"}}
 		}},
 		{name: "the mount writable", edit: func(p *corev1.Pod) { p.Spec.Containers[0].VolumeMounts[0].ReadOnly = false }},
-		{name: "klock's identity set by the pod", edit: func(p *corev1.Pod) { p.Spec.Containers[0].Env[1] = corev1.EnvVar{Name: "KLOCK_IDENTITY", Value: "other"} }},
+		{name: "klock's identity set by the pod", edit: func(p *corev1.Pod) {
+			p.Spec.Containers[0].Env[1] = corev1.EnvVar{Name: "KLOCK_IDENTITY", Value: "other"}
+		}},
 		{name: "another lease than the annotation's", edit: func(p *corev1.Pod) { p.Annotations[wrap.AnnotationLease] = "other" }},
 		{name: "an option the flags do not carry", edit: func(p *corev1.Pod) { p.Annotations[wrap.AnnotationWait] = "10s" }},
 		{name: "another container than the one named", edit: func(p *corev1.Pod) { p.Annotations[wrap.AnnotationContainer] = "side" }},
