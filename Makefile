@@ -103,9 +103,10 @@ e2e-deps: ## Install the Debian packages the end-to-end cluster needs, if missin
 	fi
 
 .PHONY: fuzz
-fuzz: ## Fuzz the pod mutation and the pod handler, a minute each (FUZZTIME=10m for longer).
+fuzz: ## Fuzz the pod mutation, the pod handler and the registry client, a minute each (FUZZTIME=10m for longer).
 	$(GO) test -run '^$$' -fuzz FuzzMutate -fuzztime $(or $(FUZZTIME),1m) ./webhook/wrap
 	$(GO) test -run '^$$' -fuzz FuzzPodHandler -fuzztime $(or $(FUZZTIME),1m) ./webhook
+	$(GO) test -run '^$$' -fuzz FuzzResolve -fuzztime $(or $(FUZZTIME),1m) ./webhook/images
 
 .PHONY: bench
 bench: control-plane ## Measure the lock (handoff, takeover, overhead, requests, size) and the webhook (mutation, pod-create latency, throughput).

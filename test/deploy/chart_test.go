@@ -93,9 +93,11 @@ func TestHelmChart(t *testing.T) {
 		check  func(t *testing.T, objs []*unstructured.Unstructured)
 		// renderOnly: a kind whose CRD this API server does not have.
 		renderOnly bool
+		// namespaces the values name, made before the dry run.
+		namespaces []string
 	}{
 		{
-			name: "default: TLS from cert-manager with a self-signed issuer",
+			name: "default: TLS from cert-manager with a CA of the chart's",
 			check: func(t *testing.T, objs []*unstructured.Unstructured) {
 				cert := find(objs, "Certificate", "klock-webhook")
 				if cert == nil || find(objs, "Issuer", "klock-selfsigned") == nil {
@@ -105,9 +107,31 @@ func TestHelmChart(t *testing.T) {
 				if want := []string{"klock-webhook.klock-system.svc", "klock-webhook.klock-system.svc.cluster.local"}; !slices.Equal(dns, want) {
 					t.Errorf("dnsNames %v, want %v", dns, want)
 				}
-				mwc := find(objs, "MutatingWebhookConfiguration", "klock")
-				if got := mwc.GetAnnotations()["cert-manager.io/inject-ca-from"]; got != "klock-system/klock-webhook" {
-					t.Errorf("inject-ca-from %q", got)
+				checkCAChain(t, objs, "klock-system")
+				webhooks, _, _ := unstructured.NestedSlice(find(objs, "MutatingWebhookConfiguration", "klock").Object, "webhooks")
+				for _, w := range webhooks {
+					sel, _, _ := unstructured.NestedMap(w.(map[string]any), "namespaceSelector")
+					want := map[string]any{"matchExpressions": []any{
+						map[string]any{"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": []any{"kube-system", "kube-node-lease", "kube-public", "klock-system"}},
+						map[string]any{"key": "klock.io/exclude", "operator": "NotIn", "values": []any{"true"}},
+					}}
+					if diff := cmp.Diff(want, sel); diff != "" {
+						t.Errorf("%s: namespaceSelector (-want +got):\n%s", w.(map[string]any)["name"], diff)
+					}
+				}
+				if rule := rbacRule(find(objs, "ClusterRole", "klock-webhook"), "", "secrets"); rule == nil || !slices.Equal(rule["verbs"].([]any), []any{"get"}) {
+					t.Errorf("the webhook may not get pull secrets: %v", rule)
+				}
+				spec, _, _ := unstructured.NestedMap(find(objs, "Deployment", "klock-webhook").Object, "spec", "template", "spec")
+				webhook := spec["containers"].([]any)[0].(map[string]any)
+				if args, _, _ := unstructured.NestedStringSlice(webhook, "args"); !slices.Contains(args, "--read-pull-secrets=true") {
+					t.Errorf("args %q", args)
+				}
+				if sleep, _, _ := unstructured.NestedInt64(webhook, "lifecycle", "preStop", "sleep", "seconds"); sleep != 5 || spec["terminationGracePeriodSeconds"] != int64(35) {
+					t.Errorf("preStop sleep %d, terminationGracePeriodSeconds %v: want 5 and 35", sleep, spec["terminationGracePeriodSeconds"])
+				}
+				if _, ok := spec["priorityClassName"]; ok {
+					t.Errorf("priorityClassName %v by default", spec["priorityClassName"])
 				}
 				image, _, _ := unstructured.NestedSlice(find(objs, "Deployment", "klock-webhook").Object, "spec", "template", "spec", "containers")
 				if got := image[0].(map[string]any)["image"]; got != "ghcr.io/klock-io/klock:0.1.0" {
@@ -134,6 +158,13 @@ func TestHelmChart(t *testing.T) {
 				dns, _, _ := unstructured.NestedStringSlice(cert.Object, "spec", "dnsNames")
 				if ref["kind"] != "ClusterIssuer" || ref["name"] != "corp-ca" || !slices.Contains(dns, "klock-webhook.klock-system.svc.corp.local") {
 					t.Errorf("issuerRef %v, dnsNames %v", ref, dns)
+				}
+				if find(objs, "Issuer", "klock-ca") != nil || find(objs, "Certificate", "klock-webhook-ca") != nil {
+					t.Error("a CA of the chart's besides the user's issuer")
+				}
+				// The serving Secret's ca.crt: the user's issuer's CA.
+				if got := find(objs, "MutatingWebhookConfiguration", "klock").GetAnnotations()["cert-manager.io/inject-ca-from"]; got != "klock-system/klock-webhook" {
+					t.Errorf("inject-ca-from %q, want the serving Certificate", got)
 				}
 			},
 		},
@@ -183,7 +214,14 @@ func TestHelmChart(t *testing.T) {
 			values: map[string]any{"webhook": map[string]any{"excludedNamespaces": []any{"kube-system", "monitoring"}, "podDisruptionBudget": map[string]any{"enabled": false}}, "networkPolicy": map[string]any{"enabled": true}},
 			check: func(t *testing.T, objs []*unstructured.Unstructured) {
 				if find(objs, "PodDisruptionBudget", "klock-webhook") != nil || find(objs, "NetworkPolicy", "klock-webhook") == nil {
-					t.Error("PDB or NetworkPolicy not as asked")
+					t.Fatal("PDB or NetworkPolicy not as asked")
+				}
+				// From anywhere, as before webhookFrom and metricsFrom.
+				ingress, _, _ := unstructured.NestedSlice(find(objs, "NetworkPolicy", "klock-webhook").Object, "spec", "ingress")
+				for _, rule := range ingress {
+					if from, ok := rule.(map[string]any)["from"]; ok {
+						t.Errorf("ingress from %v, want from anywhere", from)
+					}
 				}
 				hooks, _, _ := unstructured.NestedSlice(find(objs, "MutatingWebhookConfiguration", "klock").Object, "webhooks")
 				exprs, _, _ := unstructured.NestedSlice(hooks[0].(map[string]any), "namespaceSelector", "matchExpressions")
@@ -196,8 +234,14 @@ func TestHelmChart(t *testing.T) {
 			name:   "lease access for policies, and no CRD",
 			values: map[string]any{"leaseAccess": "policy", "crds": map[string]any{"enabled": false}},
 			check: func(t *testing.T, objs []*unstructured.Unstructured) {
-				if find(objs, "ClusterRole", "klock-webhook-lease-access") == nil || find(objs, "ClusterRoleBinding", "klock-webhook-lease-access") == nil {
+				if find(objs, "ClusterRole", "klock-webhook-lease-access") == nil || find(objs, "ClusterRoleBinding", "klock-webhook-lease-access") == nil ||
+					find(objs, "ClusterRoleBinding", "klock-webhook-lease-access-watch") == nil {
 					t.Error("no RBAC for the Lease access controller")
+				}
+				for _, o := range objs {
+					if o.GetKind() == "RoleBinding" && o.GetName() == "klock-webhook-lease-access" {
+						t.Errorf("a RoleBinding in %s with no leaseAccessNamespaces", o.GetNamespace())
+					}
 				}
 				if find(objs, "CustomResourceDefinition", "clusterlockpolicies.klock.io") != nil {
 					t.Error("the CRD is rendered with crds.enabled false")
@@ -205,6 +249,98 @@ func TestHelmChart(t *testing.T) {
 				containers, _, _ := unstructured.NestedSlice(find(objs, "Deployment", "klock-webhook").Object, "spec", "template", "spec", "containers")
 				if args, _, _ := unstructured.NestedStringSlice(containers[0].(map[string]any), "args"); !slices.Contains(args, "--lease-access=policy") {
 					t.Errorf("args %q", args)
+				}
+			},
+		},
+		{
+			name:       "lease access in some namespaces only",
+			values:     map[string]any{"leaseAccess": "all", "leaseAccessNamespaces": []any{"team-a", "team-b"}},
+			namespaces: []string{"team-a", "team-b"},
+			check: func(t *testing.T, objs []*unstructured.Unstructured) {
+				if find(objs, "ClusterRoleBinding", "klock-webhook-lease-access") != nil {
+					t.Error("the Lease verbs bound in every namespace")
+				}
+				var bound []string
+				for _, o := range objs {
+					if o.GetKind() == "RoleBinding" && o.GetName() == "klock-webhook-lease-access" {
+						bound = append(bound, o.GetNamespace())
+						if ref, _, _ := unstructured.NestedString(o.Object, "roleRef", "name"); ref != "klock-webhook-lease-access" {
+							t.Errorf("RoleBinding in %s binds %s", o.GetNamespace(), ref)
+						}
+					}
+				}
+				if !slices.Equal(bound, []string{"team-a", "team-b"}) {
+					t.Errorf("bound in %v, want team-a and team-b", bound)
+				}
+				// Its informers still watch Roles everywhere.
+				if find(objs, "ClusterRoleBinding", "klock-webhook-lease-access-watch") == nil {
+					t.Error("no ClusterRoleBinding klock-webhook-lease-access-watch")
+				}
+				if rbacRule(find(objs, "ClusterRole", "klock-webhook-lease-access-watch"), "coordination.k8s.io", "leases") != nil {
+					t.Error("Lease verbs in every namespace")
+				}
+			},
+		},
+		{
+			name:   "no pull secrets",
+			values: map[string]any{"webhook": map[string]any{"readPullSecrets": false}},
+			check: func(t *testing.T, objs []*unstructured.Unstructured) {
+				role := find(objs, "ClusterRole", "klock-webhook")
+				if rule := rbacRule(role, "", "secrets"); rule != nil {
+					t.Errorf("the webhook may read Secrets: %v", rule)
+				}
+				if rule := rbacRule(role, "", "serviceaccounts"); rule != nil {
+					t.Errorf("the webhook may read ServiceAccounts: %v", rule)
+				}
+				containers, _, _ := unstructured.NestedSlice(find(objs, "Deployment", "klock-webhook").Object, "spec", "template", "spec", "containers")
+				if args, _, _ := unstructured.NestedStringSlice(containers[0].(map[string]any), "args"); !slices.Contains(args, "--read-pull-secrets=false") {
+					t.Errorf("args %q", args)
+				}
+			},
+		},
+		{
+			name: "a NetworkPolicy that lets in only the API server and the monitoring namespace",
+			values: map[string]any{"networkPolicy": map[string]any{
+				"enabled":     true,
+				"webhookFrom": []any{map[string]any{"ipBlock": map[string]any{"cidr": "10.0.0.10/32"}}},
+				"metricsFrom": []any{map[string]any{"namespaceSelector": map[string]any{"matchLabels": map[string]any{"kubernetes.io/metadata.name": "monitoring"}}}},
+			}},
+			check: func(t *testing.T, objs []*unstructured.Unstructured) {
+				ingress, _, _ := unstructured.NestedSlice(find(objs, "NetworkPolicy", "klock-webhook").Object, "spec", "ingress")
+				want := []any{
+					map[string]any{
+						"ports": []any{map[string]any{"port": int64(9443), "protocol": "TCP"}},
+						"from":  []any{map[string]any{"ipBlock": map[string]any{"cidr": "10.0.0.10/32"}}},
+					},
+					map[string]any{
+						"ports": []any{map[string]any{"port": int64(8080), "protocol": "TCP"}},
+						"from":  []any{map[string]any{"namespaceSelector": map[string]any{"matchLabels": map[string]any{"kubernetes.io/metadata.name": "monitoring"}}}},
+					},
+				}
+				if diff := cmp.Diff(want, ingress); diff != "" {
+					t.Errorf("ingress (-want +got):\n%s", diff)
+				}
+			},
+		},
+		{
+			name:   "a priority class, no preStop sleep, one replica without a PDB",
+			values: map[string]any{"webhook": map[string]any{"priorityClassName": "system-cluster-critical", "preStopSeconds": 0, "replicas": 1, "podDisruptionBudget": map[string]any{"enabled": false}}},
+			check: func(t *testing.T, objs []*unstructured.Unstructured) {
+				spec, _, _ := unstructured.NestedMap(find(objs, "Deployment", "klock-webhook").Object, "spec", "template", "spec")
+				if spec["priorityClassName"] != "system-cluster-critical" || spec["terminationGracePeriodSeconds"] != int64(30) {
+					t.Errorf("priorityClassName %v, terminationGracePeriodSeconds %v", spec["priorityClassName"], spec["terminationGracePeriodSeconds"])
+				}
+				if lifecycle, ok := spec["containers"].([]any)[0].(map[string]any)["lifecycle"]; ok {
+					t.Errorf("lifecycle %v with preStopSeconds 0", lifecycle)
+				}
+			},
+		},
+		{
+			name:   "a PDB that leaves one of three replicas to evict",
+			values: map[string]any{"webhook": map[string]any{"replicas": 3, "podDisruptionBudget": map[string]any{"minAvailable": "50%"}}},
+			check: func(t *testing.T, objs []*unstructured.Unstructured) {
+				if find(objs, "PodDisruptionBudget", "klock-webhook") == nil {
+					t.Error("no PDB")
 				}
 			},
 		},
@@ -234,8 +370,11 @@ func TestHelmChart(t *testing.T) {
 				return
 			}
 			// helm install --create-namespace; the label as deploy/ sets it.
-			namespace := decode(t, []byte(`{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"klock-system","labels":{"pod-security.kubernetes.io/enforce":"restricted"}}}`))
-			dryRunApply(t, append([]*unstructured.Unstructured{namespace}, objs...))
+			namespaces := []*unstructured.Unstructured{decode(t, []byte(`{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"klock-system","labels":{"pod-security.kubernetes.io/enforce":"restricted"}}}`))}
+			for _, ns := range tc.namespaces {
+				namespaces = append(namespaces, decode(t, []byte(`{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"`+ns+`"}}`)))
+			}
+			dryRunApply(t, append(namespaces, objs...))
 		})
 	}
 
@@ -250,6 +389,12 @@ func TestHelmChart(t *testing.T) {
 		{name: "an unknown lease access", values: map[string]any{"leaseAccess": "some"}, want: "at '/leaseAccess': value must be one of 'off', 'policy', 'all'"},
 		{name: "lease access without policies", values: map[string]any{"leaseAccess": "all", "policies": map[string]any{"enabled": false}}, want: "leaseAccess needs policies.enabled"},
 		{name: "secret mode without a secret", values: map[string]any{"tls": map[string]any{"mode": "secret"}}, want: "is required with tls.mode=secret"},
+		{name: "one replica that its PDB keeps", values: map[string]any{"webhook": map[string]any{"replicas": 1}},
+			want: "webhook.podDisruptionBudget.minAvailable 1 with webhook.replicas 1 lets no node drain evict a replica"},
+		{name: "a PDB that keeps every replica", values: map[string]any{"webhook": map[string]any{"replicas": 2, "podDisruptionBudget": map[string]any{"minAvailable": "100%"}}},
+			want: "webhook.podDisruptionBudget.minAvailable 100% with webhook.replicas 2 lets no node drain evict a replica"},
+		{name: "a PDB of more than the replicas", values: map[string]any{"webhook": map[string]any{"replicas": 2, "podDisruptionBudget": map[string]any{"minAvailable": 3}}},
+			want: "raise webhook.replicas or lower minAvailable"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := helmTemplate(t, ns, tc.values)
@@ -293,7 +438,112 @@ func TestHelmChartMatchesKustomize(t *testing.T) {
 		hooks, _, _ := unstructured.NestedSlice(o.Object, "webhooks")
 		return hooks
 	}
-	if diff := cmp.Diff(webhooks(kustomized), webhooks(chart)); diff != "" {
+	// One difference: the chart names the release namespace, which it
+	// cannot label, where deploy/ labels its namespace klock.io/exclude.
+	chartHooks := webhooks(chart)
+	for _, w := range chartHooks {
+		names := w.(map[string]any)["namespaceSelector"].(map[string]any)["matchExpressions"].([]any)[0].(map[string]any)
+		values := names["values"].([]any)
+		if values[len(values)-1] != "klock-system" {
+			t.Fatalf("the chart's excluded namespaces %v do not end with its own", values)
+		}
+		names["values"] = values[:len(values)-1]
+	}
+	if diff := cmp.Diff(webhooks(kustomized), chartHooks); diff != "" {
 		t.Errorf("webhooks (-kustomize,+chart):\n%s", diff)
+	}
+}
+
+// checkCAChain checks cert-manager's CA chain: a self-signed Issuer signs
+// a CA Certificate, whose CA Issuer signs the serving Certificate, and
+// cainjector injects the CA Certificate, which renewals of the serving
+// certificate leave as it was.
+func checkCAChain(t *testing.T, objs []*unstructured.Unstructured, ns string) {
+	t.Helper()
+	str := func(o *unstructured.Unstructured, path ...string) string {
+		if o == nil {
+			return "<missing>"
+		}
+		s, _, _ := unstructured.NestedString(o.Object, path...)
+		return s
+	}
+	selfSigned := find(objs, "Issuer", "klock-selfsigned")
+	if _, ok, _ := unstructured.NestedMap(selfSigned.Object, "spec", "selfSigned"); !ok {
+		t.Error("Issuer klock-selfsigned is not selfSigned")
+	}
+	ca := find(objs, "Certificate", "klock-webhook-ca")
+	if ca == nil {
+		t.Fatal("no CA Certificate klock-webhook-ca")
+	}
+	if isCA, _, _ := unstructured.NestedBool(ca.Object, "spec", "isCA"); !isCA || str(ca, "spec", "issuerRef", "name") != "klock-selfsigned" ||
+		str(ca, "spec", "secretName") != "klock-webhook-ca" || str(ca, "spec", "privateKey", "rotationPolicy") != "Never" || str(ca, "spec", "duration") != "43800h" {
+		t.Errorf("CA Certificate spec %v", ca.Object["spec"])
+	}
+	if got := str(find(objs, "Issuer", "klock-ca"), "spec", "ca", "secretName"); got != "klock-webhook-ca" {
+		t.Errorf("CA Issuer klock-ca signs with %q, want the CA Certificate's Secret", got)
+	}
+	serving := find(objs, "Certificate", "klock-webhook")
+	if got := str(serving, "spec", "issuerRef", "name"); got != "klock-ca" || str(serving, "spec", "issuerRef", "kind") != "Issuer" {
+		t.Errorf("the serving Certificate is signed by %s, want Issuer klock-ca", got)
+	}
+	if isCA, _, _ := unstructured.NestedBool(serving.Object, "spec", "isCA"); isCA {
+		t.Error("the serving Certificate is a CA")
+	}
+	if got := find(objs, "MutatingWebhookConfiguration", "klock").GetAnnotations()["cert-manager.io/inject-ca-from"]; got != ns+"/klock-webhook-ca" {
+		t.Errorf("inject-ca-from %q, want the CA Certificate %s/klock-webhook-ca", got, ns)
+	}
+}
+
+// rbacRule is role's rule for resource in group, or nil.
+func rbacRule(role *unstructured.Unstructured, group, resource string) map[string]any {
+	if role == nil {
+		return nil
+	}
+	rules, _, _ := unstructured.NestedSlice(role.Object, "rules")
+	for _, r := range rules {
+		rule := r.(map[string]any)
+		groups, _, _ := unstructured.NestedStringSlice(rule, "apiGroups")
+		resources, _, _ := unstructured.NestedStringSlice(rule, "resources")
+		if slices.Contains(groups, group) && slices.Contains(resources, resource) {
+			return rule
+		}
+	}
+	return nil
+}
+
+// webhook.insecureRegistries becomes one --insecure-registry each, none by
+// default; an entry that is not host[:port] fails the schema.
+func TestHelmChartInsecureRegistries(t *testing.T) {
+	args := func(values map[string]any) []string {
+		t.Helper()
+		objs, err := helmTemplate(t, "klock-system", values)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := find(objs, "Deployment", "klock-webhook")
+		if d == nil {
+			t.Fatal("no Deployment klock-webhook")
+		}
+		containers, _, _ := unstructured.NestedSlice(d.Object, "spec", "template", "spec", "containers")
+		a, _, _ := unstructured.NestedStringSlice(containers[0].(map[string]any), "args")
+		var got []string
+		for _, arg := range a {
+			if strings.HasPrefix(arg, "--insecure-registry") {
+				got = append(got, arg)
+			}
+		}
+		return got
+	}
+	if got := args(nil); len(got) != 0 {
+		t.Errorf("by default: %q, want none", got)
+	}
+	got := args(map[string]any{"webhook": map[string]any{"insecureRegistries": []any{"10.244.0.1", "registry.local:5000", "[fd00::1]:5000"}}})
+	if want := []string{"--insecure-registry=10.244.0.1", "--insecure-registry=registry.local:5000", "--insecure-registry=[fd00::1]:5000"}; !slices.Equal(got, want) {
+		t.Errorf("args %q, want %q", got, want)
+	}
+	for _, bad := range []string{"http://10.0.0.5:5000", "10.0.0.5:5000/v2", ""} {
+		if _, err := helmTemplate(t, "klock-system", map[string]any{"webhook": map[string]any{"insecureRegistries": []any{bad}}}); err == nil {
+			t.Errorf("insecureRegistries [%q]: rendered, want a schema error", bad)
+		}
 	}
 }

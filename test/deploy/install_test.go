@@ -12,6 +12,7 @@ import (
 	"helm.sh/helm/v4/pkg/action"
 	"helm.sh/helm/v4/pkg/chart/loader"
 	"helm.sh/helm/v4/pkg/kube"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -48,10 +49,16 @@ func TestHelmInstallUpgradeAndAdmit(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// The namespace the webhook may grant Leases in, and no other.
+	apps, err := cp.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "apps-"}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+
 	install := action.NewInstall(cfg)
 	install.ReleaseName, install.Namespace, install.CreateNamespace = "klock", ns, true
 	install.WaitStrategy = kube.HookOnlyStrategy // no node runs the pods
-	values := map[string]any{"tls": map[string]any{"mode": "selfManaged"}, "image": map[string]any{"tag": "test"}, "leaseAccess": "policy"}
+	values := map[string]any{"tls": map[string]any{"mode": "selfManaged"}, "image": map[string]any{"tag": "test"}, "leaseAccess": "policy", "leaseAccessNamespaces": []any{apps.Name}}
 	if _, err := install.RunWithContext(ctx, chart, values); err != nil {
 		t.Fatalf("helm install: %v", err)
 	}
@@ -114,10 +121,6 @@ func TestHelmInstallUpgradeAndAdmit(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	apps, err := cp.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "apps-"}}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "nightly", Annotations: map[string]string{wrap.AnnotationLease: "nightly"}},
 		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "busybox:1", Command: []string{"true"}}}},
@@ -175,4 +178,32 @@ func TestHelmInstallUpgradeAndAdmit(t *testing.T) {
 		role, err := cp.Client.RbacV1().Roles(apps.Name).Get(ctx, "klock-lease-cronjob-report", metav1.GetOptions{})
 		return err == nil && len(role.Rules) == 2 && slices.Equal(role.Rules[0].ResourceNames, []string{"cronjob-report"})
 	})
+
+	// What the release lets the webhook do: Leases and Roles in the
+	// namespace it was given, and nowhere else.
+	sa := "system:serviceaccount:" + ns + ":" + dep.Spec.Template.Spec.ServiceAccountName
+	may := func(namespace, verb, group, resource string) bool {
+		t.Helper()
+		review, err := cp.Client.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+			User: sa, Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
+			ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: namespace, Verb: verb, Group: group, Resource: resource},
+		}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return review.Status.Allowed
+	}
+	for _, check := range []struct{ verb, group, resource string }{{"create", "coordination.k8s.io", "leases"}, {"delete", "coordination.k8s.io", "leases"}, {"create", "rbac.authorization.k8s.io", "roles"}, {"list", "", "pods"}} {
+		if !may(apps.Name, check.verb, check.group, check.resource) {
+			t.Errorf("the webhook may not %s %s in %s, which leaseAccessNamespaces lists", check.verb, check.resource, apps.Name)
+		}
+		for _, other := range []string{"kube-system", "default"} {
+			if may(other, check.verb, check.group, check.resource) {
+				t.Errorf("the webhook may %s %s in %s, which leaseAccessNamespaces does not list", check.verb, check.resource, other)
+			}
+		}
+	}
+	if !may("kube-system", "watch", "rbac.authorization.k8s.io", "roles") {
+		t.Error("the webhook may not watch Roles everywhere, as its informers do")
+	}
 }

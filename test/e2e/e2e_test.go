@@ -396,8 +396,8 @@ func testImageEntrypoint(t *testing.T) {
 	var manifests atomic.Int32
 	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 	// Only on the bridge's address: pods reach it, the outside does not.
-	// It is private (RFC 1918), which go-containerregistry speaks plain
-	// HTTP to.
+	// It speaks plain HTTP, which the webhook allows because the chart
+	// lists the bridge's address in webhook.insecureRegistries.
 	ln, err := net.Listen("tcp", cluster.PodGateway+":0")
 	if err != nil {
 		t.Fatal(err)

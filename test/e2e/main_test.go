@@ -215,9 +215,11 @@ func installChart(ctx context.Context, c *cluster.Cluster) error {
 	install.ReleaseName, install.Namespace, install.CreateNamespace = release, releaseNamespace, true
 	install.WaitStrategy, install.Timeout = kube.StatusWatcherStrategy, 4*time.Minute
 	values := map[string]any{
-		"tls":     map[string]any{"mode": "selfManaged"},
-		"image":   map[string]any{"repository": "ghcr.io/klock-io/klock", "tag": "e2e", "pullPolicy": "Never"},
-		"webhook": map[string]any{"replicas": 2},
+		"tls":   map[string]any{"mode": "selfManaged"},
+		"image": map[string]any{"repository": "ghcr.io/klock-io/klock", "tag": "e2e", "pullPolicy": "Never"},
+		// The image scenario's registry, on the bridge's address over
+		// plain HTTP (any port: it listens on a random one).
+		"webhook": map[string]any{"replicas": 2, "insecureRegistries": []any{cluster.PodGateway}},
 		// The Lease access controller, for the policy scenario.
 		"leaseAccess": "policy",
 	}

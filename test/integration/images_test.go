@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -23,8 +25,20 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/klock-io/klock/webhook/server"
 	"github.com/klock-io/klock/webhook/wrap"
 )
+
+// startImageWebhook starts the webhook with the in-process registries on
+// 127.0.0.1 listed in --insecure-registry: without it the webhook reaches
+// no loopback registry, nor any over plain HTTP.
+func startImageWebhook(t *testing.T, hosts ...string) {
+	t.Helper()
+	if len(hosts) == 0 {
+		hosts = []string{"127.0.0.1"}
+	}
+	startWebhookUntil(t, func(o *server.Options) { o.InsecureRegistries = hosts })
+}
 
 // A real OCI registry in process, one public and one that wants a password.
 func startRegistries(t *testing.T, requests *atomic.Int64) (public, private string) {
@@ -122,7 +136,7 @@ func TestWebhookReadsImageEntrypoints(t *testing.T) {
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	startWebhook(t)
+	startImageWebhook(t)
 
 	lease := map[string]string{wrap.AnnotationLease: "images"}
 	klock := []string{"/klock-bin/klock", "--lease=images", "--"}
@@ -268,7 +282,7 @@ func TestImageRegistryFaults(t *testing.T) {
 	}))
 	t.Cleanup(reg.Close)
 	host := strings.TrimPrefix(reg.URL, "http://")
-	startWebhook(t)
+	startImageWebhook(t)
 
 	const fix = "set command (and args) in the pod spec"
 	// By digest: a tag costs a HEAD first, whose answer has no body.
@@ -307,5 +321,90 @@ func TestImageRegistryFaults(t *testing.T) {
 	reg.Close() // waits for the handlers
 	if !cut.Load() {
 		t.Error("the webhook read the 256 MiB error body whole: the registry's writes never failed")
+	}
+}
+
+// A registry may not send the webhook elsewhere: not to another host for
+// a token, not to cloud metadata, not to the API server, not over plain
+// HTTP unless listed. Each pod is denied in the webhook's words naming
+// the registry and the fix, and the host it was sent to is never reached.
+func TestImageRegistryRefusals(t *testing.T) {
+	ns := namespace(t)
+	ctx := context.Background()
+	var hits atomic.Int64
+	forbidden := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		io.WriteString(w, `{"token":"secret"}`)
+	}))
+	t.Cleanup(forbidden.Close)
+	_, forbiddenPort, _ := net.SplitHostPort(strings.TrimPrefix(forbidden.URL, "http://"))
+	hostile := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case strings.HasPrefix(r.URL.Path, "/v2/metadata/"):
+			http.Redirect(w, r, "https://169.254.169.254/latest/meta-data/iam/security-credentials/", http.StatusFound)
+		case strings.HasPrefix(r.URL.Path, "/v2/sideways/"):
+			http.Redirect(w, r, "http://127.0.0.1:"+forbiddenPort+"/v2/", http.StatusFound)
+		}
+	}))
+	t.Cleanup(hostile.Close)
+	host := strings.TrimPrefix(hostile.URL, "http://")
+	realm := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="http://localhost:`+forbiddenPort+`/token",service="x"`)
+		w.WriteHeader(http.StatusUnauthorized)
+	}))
+	t.Cleanup(realm.Close)
+	realmHost := strings.TrimPrefix(realm.URL, "http://")
+	public, _ := startRegistries(t, new(atomic.Int64))
+	api, err := url.Parse(cp.Config.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	apiServer := api.Host
+	// Listed: the hostile registry's own port, and the API server's,
+	// which is refused all the same.
+	startImageWebhook(t, host, realmHost, apiServer)
+
+	const digest = "@sha256:0000000000000000000000000000000000000000000000000000000000000000"
+	for _, tc := range []struct {
+		name, image, reason string
+	}{
+		{name: "a token realm on another host",
+			image:  realmHost + "/realm/image" + digest,
+			reason: "registry " + realmHost + " sends klock for a token to another host; klock takes tokens only from the registry's own host, auth.docker.io for Docker Hub, and the hosts listed in --registry-auth-host: ask the cluster admin to list the token host"},
+		{name: "a redirect to cloud metadata",
+			image:  host + "/metadata/image" + digest,
+			reason: "registry " + host + " redirected klock to a link-local or cloud metadata address, which klock never contacts"},
+		{name: "a redirect to another port over plain HTTP",
+			image:  host + "/sideways/image" + digest,
+			reason: "registry " + host + " would be read over plain HTTP, which klock does only for the registries listed in --insecure-registry: ask the cluster admin to list it"},
+		{name: "a loopback registry not listed",
+			image:  public + "/tools/echo" + digest,
+			reason: "registry " + public + " is at a loopback address, which klock contacts only for the registries listed in --insecure-registry: ask the cluster admin to list it"},
+		{name: "the API server as a registry, even when listed",
+			image:  apiServer + "/api/v1" + digest,
+			reason: "registry " + apiServer + " is at the Kubernetes API server, which klock never contacts"},
+		{name: "cloud metadata as a registry",
+			image:  "169.254.169.254/latest/meta-data" + digest,
+			reason: "registry 169.254.169.254 is at a link-local or cloud metadata address, which klock never contacts"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := pod("", map[string]string{wrap.AnnotationLease: "images"}, corev1.Container{Name: "app", Image: tc.image})
+			p.GenerateName = "refused-"
+			_, err := cp.Client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{})
+			if err == nil {
+				t.Fatal("admitted, want a denial")
+			}
+			for _, want := range []string{fmt.Sprintf("image %q", tc.image), tc.reason, "set command (and args) in the pod spec"} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("denial %q, want it to contain %q", err, want)
+				}
+			}
+			if strings.Contains(err.Error(), "secret") || strings.Contains(err.Error(), forbiddenPort) {
+				t.Errorf("denial %q holds what a host sent, or the host the registry named", err)
+			}
+		})
+	}
+	if n := hits.Load(); n != 0 {
+		t.Errorf("the forbidden server got %d requests", n)
 	}
 }

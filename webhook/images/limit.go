@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"regexp"
 )
 
 // Limits on what the resolver reads from a registry. go-containerregistry
@@ -26,10 +25,6 @@ const (
 	// maxHeaderBytes bounds the response headers.
 	maxHeaderBytes = 64 << 10
 )
-
-// content matches the registry API paths whose answers are manifests,
-// indexes and blobs; everything else (the ping, token realms) is small.
-var content = regexp.MustCompile(`^/v2/.+/(manifests|blobs)/[^/]+$`)
 
 // TooLargeError says that a registry's answer was over its limit.
 type TooLargeError struct {
@@ -56,7 +51,8 @@ func byteSize(n int64) string {
 // over its cap fails the read that crosses it (and every read after), so
 // no reader above, go-containerregistry's io.ReadAll included, can hold
 // more than the cap. It sits below go-containerregistry's own transports
-// (auth, retries), so token exchanges and error bodies pass through it too.
+// (auth, retries), so token exchanges and error bodies pass through it too,
+// and below the guard, which tells it what each request asks for.
 type limitTransport struct {
 	inner http.RoundTripper
 }
@@ -80,18 +76,16 @@ func (t *limitTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
-// limitFor names what resp answers and its cap.
+// limitFor names what resp answers and its cap. The role comes from the
+// guard, which knows a token request by its realm: a realm whose path
+// looks like a blob's still gets a token's cap. A redirected request has
+// the role of the first of its chain, so a blob moved to storage
+// elsewhere keeps a blob's cap.
 func limitFor(req *http.Request, resp *http.Response) (string, int64) {
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return "error body", MaxErrorBytes
 	}
-	// A blob may be redirected to storage elsewhere: what it is follows
-	// from the first request of the chain.
-	first := req
-	for first.Response != nil && first.Response.Request != nil {
-		first = first.Response.Request
-	}
-	if content.MatchString(first.URL.Path) {
+	if roleOf(req) == roleContent {
 		return "manifest or config", MaxContentBytes
 	}
 	return "token or ping answer", MaxOtherBytes

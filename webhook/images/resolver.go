@@ -44,7 +44,10 @@ type Resolver struct {
 	platform v1.Platform
 	cache    *lru.Cache
 	timeout  time.Duration
-	opts     []remote.Option
+	// policy, and the transports whose dialers apply it (see guard.go);
+	// each resolution puts a guard of its own above them.
+	policy         *policy
+	direct, public http.RoundTripper
 	// running bounds the resolutions under way at once: each may hold a
 	// manifest and a config in memory while they are parsed.
 	running chan struct{}
@@ -72,30 +75,55 @@ func WithTimeout(d time.Duration) Option {
 	return func(r *Resolver) { r.timeout = d }
 }
 
+// WithInsecureRegistries lets the resolver speak plain HTTP to the
+// registries listed, as host (any port) or host:port, and to them only;
+// and reach them on a loopback address. Entries that ParseHost refuses
+// are left out: check them first.
+func WithInsecureRegistries(hosts []string) Option {
+	return func(r *Resolver) { r.policy.insecure = append(r.policy.insecure, parseHosts(hosts)...) }
+}
+
+// WithAuthHosts lets a registry's token realm be on the hosts listed, as
+// host (any port) or host:port, besides the registry's own host (and
+// auth.docker.io for Docker Hub).
+func WithAuthHosts(hosts []string) Option {
+	return func(r *Resolver) { r.policy.authHosts = append(r.policy.authHosts, parseHosts(hosts)...) }
+}
+
+// WithAPIServer names the API server as the webhook reaches it (a URL
+// or host:port, such as its rest.Config's Host), never to be contacted
+// for a registry; the kubernetes Service's names and ClusterIP
+// (KUBERNETES_SERVICE_HOST) are refused anyway.
+func WithAPIServer(hostOrURL string) Option {
+	return func(r *Resolver) {
+		if hostOrURL != "" {
+			r.policy.addAPIServer(hostOrURL)
+		}
+	}
+}
+
 // NewResolver returns a resolver that reads pull secrets with
 // client, picks platform for images that have several unless the pod's
 // nodeSelector names an OS or architecture, and caches up to cacheSize
-// configs. transport may be nil. Every response body is capped (see
-// MaxContentBytes) and each resolution ends after DefaultTimeout unless
-// WithTimeout says otherwise.
-func NewResolver(client kubernetes.Interface, platform v1.Platform, cacheSize int, transport http.RoundTripper, options ...Option) *Resolver {
-	r := &Resolver{client: client, platform: platform, cache: lru.New(cacheSize), timeout: DefaultTimeout, running: make(chan struct{}, maxResolutions)}
+// configs. Every response body is capped (see MaxContentBytes), each
+// resolution ends after DefaultTimeout unless WithTimeout says otherwise,
+// and the registry, its token service and its redirects are held to the
+// rules in guard.go.
+func NewResolver(client kubernetes.Interface, platform v1.Platform, cacheSize int, options ...Option) *Resolver {
+	r := &Resolver{client: client, platform: platform, cache: lru.New(cacheSize), timeout: DefaultTimeout, running: make(chan struct{}, maxResolutions), policy: newPolicy()}
 	for _, o := range options {
-		o(r)
+		if o != nil {
+			o(r)
+		}
 	}
-	if transport == nil {
-		base := remote.DefaultTransport.(*http.Transport).Clone()
-		base.MaxResponseHeaderBytes = maxHeaderBytes
-		transport = base
+	transport := func(publicOnly bool) http.RoundTripper {
+		t := remote.DefaultTransport.(*http.Transport).Clone()
+		t.MaxResponseHeaderBytes = maxHeaderBytes
+		t.Proxy = nil // the dialer must see the registry's address, not a proxy's
+		t.DialContext = r.policy.dial(publicOnly)
+		return &limitTransport{inner: t}
 	}
-	r.opts = []remote.Option{
-		remote.WithTransport(&limitTransport{inner: transport}),
-		// Retrying a status costs another body and more of the deadline,
-		// and the API server's client retries the pod anyway. Errors
-		// before any response (no body) are still retried, within the
-		// deadline.
-		remote.WithRetryStatusCodes(),
-	}
+	r.direct, r.public = transport(false), transport(true)
 	return r
 }
 
@@ -123,6 +151,17 @@ func (r *Resolver) resolve(ctx context.Context, pod *corev1.Pod, c *corev1.Conta
 	if err != nil {
 		return nil, &Error{Reason: fmt.Sprintf("cannot parse the image reference: %v", err), Err: err}
 	}
+	registry := ref.Context().RegistryStr()
+	host, port := splitRegistry(registry)
+	// go-containerregistry tries plain HTTP after HTTPS for registries
+	// it takes for local (private and loopback addresses): the guard
+	// refuses that unless the registry is listed, and for a listed one
+	// name.Insecure makes it try plain HTTP whatever its address.
+	if listed(r.policy.insecure, host, port) {
+		if ref, err = name.ParseReference(c.Image, name.Insecure); err != nil {
+			return nil, &Error{Reason: fmt.Sprintf("cannot parse the image reference: %v", err), Err: err}
+		}
+	}
 	platform := r.platformFor(pod)
 	digest, byDigest := ref.(name.Digest)
 	if byDigest {
@@ -134,7 +173,16 @@ func (r *Resolver) resolve(ctx context.Context, pod *corev1.Pod, c *corev1.Conta
 	if err != nil {
 		return nil, err
 	}
-	opts := append([]remote.Option{remote.WithContext(ctx), remote.WithAuthFromKeychain(keychain)}, r.opts...)
+	g := &guard{policy: r.policy, registry: registry, host: host, direct: r.direct, public: r.public}
+	opts := []remote.Option{
+		remote.WithContext(ctx), remote.WithAuthFromKeychain(keychain), remote.WithTransport(g),
+		// Retrying a status costs another body and more of the deadline,
+		// and the API server's client retries the pod anyway. Failures
+		// without a status are not retried either (see noRetry): Go's
+		// transport already retries a request whose kept-alive
+		// connection was closed under it.
+		remote.WithRetryStatusCodes(),
+	}
 	if !byDigest {
 		desc, err := remote.Head(ref, opts...)
 		if err != nil {
@@ -206,6 +254,7 @@ func (e *Error) Unwrap() error { return e.Err }
 func (r *Resolver) explain(ctx context.Context, err error) error {
 	var (
 		own      *Error
+		refused  *RefusedError
 		tooLarge *TooLargeError
 		terr     *transport.Error
 		uerr     *url.Error
@@ -216,6 +265,14 @@ func (r *Resolver) explain(ctx context.Context, err error) error {
 	switch {
 	case errors.As(err, &own):
 		return err // ours already: parse and pull secret errors
+	case errors.As(err, &refused):
+		// Fixed words, naming only the registry the pod asked for.
+		r := *refused
+		if r.Kind == KindPlainHTTP && errors.As(err, &uerr) && !errors.As(uerr.Err, new(*RefusedError)) {
+			// Plain HTTP was the fallback after HTTPS, which failed.
+			r.HTTPS = networkFailure(uerr.Err)
+		}
+		return &Error{Reason: r.Error(), Err: err}
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
 		reason = fmt.Sprintf("the registry did not answer within %s", r.timeout)
 	case ctx.Err() != nil:
@@ -300,6 +357,7 @@ func (r *Resolver) platformFor(pod *corev1.Pod) v1.Platform {
 // networkFailure names the kind of a failure to talk to a registry, in
 // fixed words.
 func networkFailure(err error) string {
+	err = cause(err)
 	var (
 		dns      *net.DNSError
 		netErr   net.Error

@@ -112,8 +112,16 @@ func testPod(image string) (*corev1.Pod, *corev1.Container) {
 	return p, &p.Spec.Containers[0]
 }
 
+// newTestResolver returns a resolver that may reach every registry on
+// 127.0.0.1, where httptest serves them, over plain HTTP.
 func newTestResolver(options ...Option) *Resolver {
-	return NewResolver(fake.NewClientset(), v1.Platform{OS: "linux", Architecture: "amd64"}, 8, nil, options...)
+	return newStrictResolver(append([]Option{WithInsecureRegistries([]string{"127.0.0.1"})}, options...)...)
+}
+
+// newStrictResolver returns a resolver with the defaults of
+// klock-webhook: no insecure registry, unless options list one.
+func newStrictResolver(options ...Option) *Resolver {
+	return NewResolver(fake.NewClientset(), v1.Platform{OS: "linux", Architecture: "amd64"}, 8, options...)
 }
 
 // resolve runs one resolution under a generous outer deadline, so that a

@@ -29,6 +29,18 @@ type Options struct {
 	// ImageTimeout bounds reading one image's ENTRYPOINT and CMD; it
 	// must stay below the webhook's timeoutSeconds.
 	ImageTimeout time.Duration
+	// InsecureRegistries are the registries (host or host:port) read
+	// over plain HTTP, and the only ones reachable on loopback.
+	InsecureRegistries []string
+	// RegistryAuthHosts are hosts (host or host:port) a registry's token
+	// realm may be on, besides its own (and auth.docker.io for Docker
+	// Hub).
+	RegistryAuthHosts []string
+	// ReadPullSecrets reads a pod's imagePullSecrets and its service
+	// account's to read its images' ENTRYPOINT and CMD. Off, the webhook
+	// reads no Secret nor ServiceAccount (and needs no RBAC for them):
+	// only images it may pull anonymously can have their command read.
+	ReadPullSecrets bool
 
 	// WebhookConfiguration is the MutatingWebhookConfiguration whose
 	// policy entries follow the ClusterLockPolicies, and whose CA the
@@ -65,6 +77,7 @@ func NewOptions() *Options {
 		DefaultPlatform:      "linux/amd64",
 		ImageCacheSize:       1024,
 		ImageTimeout:         images.DefaultTimeout,
+		ReadPullSecrets:      true,
 		WebhookConfiguration: "klock",
 		Policies:             true,
 		LeaseAccess:          leaseaccess.ModeOff,
@@ -84,6 +97,9 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.DefaultPlatform, "default-platform", o.DefaultPlatform, "Platform whose ENTRYPOINT and CMD are read from multi-platform images, unless a pod's nodeSelector says otherwise.")
 	fs.IntVar(&o.ImageCacheSize, "image-cache-size", o.ImageCacheSize, "How many image configs to keep, by digest.")
 	fs.DurationVar(&o.ImageTimeout, "image-timeout", o.ImageTimeout, "How long reading an image's ENTRYPOINT and CMD from its registry may take; keep it below the webhook's timeoutSeconds.")
+	fs.BoolVar(&o.ReadPullSecrets, "read-pull-secrets", o.ReadPullSecrets, "Read a pod's imagePullSecrets and its service account's (get secrets and serviceaccounts in every namespace) to read its images' ENTRYPOINT and CMD; off, only images pullable anonymously can be read.")
+	fs.StringSliceVar(&o.InsecureRegistries, "insecure-registry", o.InsecureRegistries, "Registries (host, any port, or host:port; repeatable or comma-separated) whose ENTRYPOINT and CMD may be read over plain HTTP; the only ones reachable on a loopback address. Others are read over HTTPS only.")
+	fs.StringSliceVar(&o.RegistryAuthHosts, "registry-auth-host", o.RegistryAuthHosts, "Hosts (host or host:port; repeatable or comma-separated) a registry may send the webhook to for a token, besides the registry's own host; auth.docker.io is built in for Docker Hub.")
 	fs.BoolVar(&o.SelfManagedTLS, "self-managed-tls", o.SelfManagedTLS, "Make and rotate the CA and serving certificate in --tls-secret, and put the CA into --webhook-configuration.")
 	fs.StringVar(&o.TLSSecret, "tls-secret", o.TLSSecret, "With --self-managed-tls: the Secret (namespace/name) that keeps the certificates.")
 	fs.StringSliceVar(&o.DNSNames, "dns-names", o.DNSNames, "With --self-managed-tls: the names the serving certificate is for, such as klock-webhook.klock-system.svc.")
@@ -113,6 +129,16 @@ func (o *Options) Validate() error {
 	}
 	if o.ImageTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("--image-timeout %s: give a positive duration below the webhook's timeoutSeconds, such as 3s", o.ImageTimeout))
+	}
+	for _, h := range o.InsecureRegistries {
+		if _, _, err := images.ParseHost(h); err != nil {
+			errs = append(errs, fmt.Errorf("--insecure-registry: %w: give host or host:port, as in an image reference, such as 10.0.0.5:5000", err))
+		}
+	}
+	for _, h := range o.RegistryAuthHosts {
+		if _, _, err := images.ParseHost(h); err != nil {
+			errs = append(errs, fmt.Errorf("--registry-auth-host: %w: give host or host:port, such as gitlab.com", err))
+		}
 	}
 	if o.SelfManagedTLS {
 		if ns, name, ok := strings.Cut(o.TLSSecret, "/"); !ok || ns == "" || name == "" {

@@ -1,10 +1,25 @@
 package server
 
 import (
+	"context"
+	"net/http/httptest"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/spf13/pflag"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/klock-io/klock/webhook/images"
 )
 
 func TestOptions(t *testing.T) {
@@ -36,6 +51,101 @@ func TestOptions(t *testing.T) {
 		{args: []string{"--klock-image", "x", "--lease-access", "some"}, want: `--lease-access "some": give off, policy or all`},
 		{args: []string{"--klock-image", "x", "--lease-access", "all", "--policies=false"}, want: "--lease-access all needs --policies"},
 		{args: []string{"--klock-image", "x", "--webhook-configuration", ""}, want: "--webhook-configuration is required with --policies"},
+	} {
+		if _, err := parse(tc.args...); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: error %v, want one containing %q", tc.args, err, tc.want)
+		}
+	}
+}
+
+// With --read-pull-secrets=false the image resolver still reads an
+// image's command, anonymously, and asks the API server for no Secret and
+// no ServiceAccount: the chart then grants the webhook neither.
+func TestReadPullSecrets(t *testing.T) {
+	reg := httptest.NewServer(ggcrregistry.New())
+	t.Cleanup(reg.Close)
+	ref, err := name.ParseReference(strings.TrimPrefix(reg.URL, "http://") + "/app:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.Config(empty.Image, v1.Config{Entrypoint: []string{"/app"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "ns"},
+		Spec: corev1.PodSpec{
+			ServiceAccountName: "runner", ImagePullSecrets: []corev1.LocalObjectReference{{Name: "pull"}},
+			Containers: []corev1.Container{{Name: "app", Image: ref.String()}},
+		},
+	}
+	for _, read := range []bool{true, false} {
+		o := NewOptions()
+		fs := pflag.NewFlagSet("klock-webhook", pflag.ContinueOnError)
+		o.AddFlags(fs)
+		if err := fs.Parse([]string{"--read-pull-secrets=" + strconv.FormatBool(read)}); err != nil {
+			t.Fatal(err)
+		}
+		clientset := fake.NewClientset(
+			&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "runner", Namespace: "ns"}, ImagePullSecrets: []corev1.LocalObjectReference{{Name: "sa-pull"}}},
+		)
+		resolver := images.NewResolver(pullSecretsClient(clientset, o.ReadPullSecrets), v1.Platform{OS: "linux", Architecture: "amd64"}, 8, images.WithInsecureRegistries([]string{"127.0.0.1"}))
+		cmd, err := resolver.Resolve(context.Background(), pod, &pod.Spec.Containers[0])
+		if err != nil {
+			t.Fatalf("read %v: %v", read, err)
+		}
+		if !slices.Equal(cmd.Entrypoint, []string{"/app"}) {
+			t.Errorf("read %v: entrypoint %q", read, cmd.Entrypoint)
+		}
+		var reads []string
+		for _, a := range clientset.Actions() {
+			if r := a.GetResource().Resource; r == "secrets" || r == "serviceaccounts" {
+				reads = append(reads, a.GetVerb()+" "+r)
+			}
+		}
+		if want := []string{"get secrets", "get serviceaccounts", "get secrets"}; read && !slices.Equal(reads, want) {
+			t.Errorf("--read-pull-secrets: the webhook asked %q, want %q", reads, want)
+		}
+		if !read && len(reads) > 0 {
+			t.Errorf("--read-pull-secrets=false: the webhook asked %q, want nothing", reads)
+		}
+	}
+}
+
+func TestRegistryOptions(t *testing.T) {
+	parse := func(args ...string) (*Options, error) {
+		o := NewOptions()
+		fs := pflag.NewFlagSet("klock-webhook", pflag.ContinueOnError)
+		o.AddFlags(fs)
+		if err := fs.Parse(append([]string{"--klock-image", "x"}, args...)); err != nil {
+			return nil, err
+		}
+		return o, o.Validate()
+	}
+	o, err := parse("--insecure-registry", "10.244.0.1,registry.local:5000", "--insecure-registry", "[fd00::1]:5000", "--registry-auth-host", "gitlab.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(o.InsecureRegistries, " "); got != "10.244.0.1 registry.local:5000 [fd00::1]:5000" {
+		t.Errorf("--insecure-registry: %q", got)
+	}
+	if got := strings.Join(o.RegistryAuthHosts, " "); got != "gitlab.com" {
+		t.Errorf("--registry-auth-host: %q", got)
+	}
+	if o, _ := parse(); len(o.InsecureRegistries) != 0 || len(o.RegistryAuthHosts) != 0 {
+		t.Errorf("defaults: %v, %v; want none", o.InsecureRegistries, o.RegistryAuthHosts)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{args: []string{"--insecure-registry", "http://10.0.0.5:5000"}, want: `--insecure-registry: "http://10.0.0.5:5000" is not a host or host:port: give host or host:port`},
+		{args: []string{"--insecure-registry", "10.0.0.5:5000/v2"}, want: `--insecure-registry: "10.0.0.5:5000/v2" is not a host or host:port`},
+		{args: []string{"--insecure-registry", "reg:99999"}, want: `--insecure-registry: "reg:99999": the port must be from 1 to 65535`},
+		{args: []string{"--registry-auth-host", "user@gitlab.com"}, want: `--registry-auth-host: "user@gitlab.com" is not a host or host:port`},
 	} {
 		if _, err := parse(tc.args...); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: error %v, want one containing %q", tc.args, err, tc.want)
