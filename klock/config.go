@@ -83,11 +83,73 @@ type Config struct {
 	// Logger receives debug messages; discarded when unset.
 	Logger logr.Logger
 
+	// MaxHolders is how many contenders may hold the lock at once: a
+	// counting lock. 1 (the default) is a mutex on the one Lease Name;
+	// with N, holders take one of the Leases SlotNames gives, each with a
+	// fencing token of its own. Every contender of a lock must give the
+	// same MaxHolders: a contender that finds the lock held under another
+	// count is refused (see the README). At most MaxMaxHolders.
+	MaxHolders int
+	// Order is the order in which waiters get the lock: OrderFIFO (the
+	// default) lets them in the order they started waiting, through a
+	// queue kept in the Lease QueueName; OrderAny lets them race.
+	Order Order
+	// QueueTTL is how long a waiter's place in the queue stays without a
+	// sign of life: a waiter renews it every QueueTTL/3, and one that has
+	// died loses it QueueTTL after its last renewal. Default 60s.
+	QueueTTL time.Duration
 	// Clock gives the times klock writes into the Lease; the real clock
 	// when unset. Expiry is never judged by comparing them with another
 	// machine's clock, so contenders whose clocks disagree still exclude
 	// each other; tests set a skewed clock to prove it.
 	Clock clock.PassiveClock
+}
+
+// Order is the order in which waiters get a lock.
+type Order string
+
+const (
+	// OrderFIFO lets waiters in first come, first served.
+	OrderFIFO Order = "fifo"
+	// OrderAny lets waiters race: whoever writes first after a release
+	// wins.
+	OrderAny Order = "any"
+)
+
+const (
+	// MaxMaxHolders bounds MaxHolders: each holder slot is a Lease that
+	// every waiter watches.
+	MaxMaxHolders = 100
+	// DefaultQueueTTL is how long a silent waiter keeps its place.
+	DefaultQueueTTL = time.Minute
+	// queueSuffix ends the name of a lock's queue Lease.
+	queueSuffix = "-queue"
+)
+
+// SlotNames returns the names of the Leases a lock of name with maxHolders
+// holders uses for its holders: name itself, then name-1 to
+// name-<maxHolders-1>. A mutex uses name alone, as client-go's LeaseLock
+// does.
+func SlotNames(name string, maxHolders int) []string {
+	names := []string{name}
+	for i := 1; i < maxHolders; i++ {
+		names = append(names, fmt.Sprintf("%s-%d", name, i))
+	}
+	return names
+}
+
+// QueueName returns the name of the Lease in which the waiters of lock name
+// keep their places, first come first served.
+func QueueName(name string) string { return name + queueSuffix }
+
+// LeaseNames returns every Lease a lock touches: its holder slots and, with
+// OrderFIFO, its queue. Permissions can be granted by these names alone.
+func LeaseNames(name string, maxHolders int, order Order) []string {
+	names := SlotNames(name, max(maxHolders, 1))
+	if order != OrderAny {
+		names = append(names, QueueName(name))
+	}
+	return names
 }
 
 // DefaultIdentity returns an identity unique to this process: the host name
@@ -136,12 +198,38 @@ func (c Config) complete() (Config, error) {
 	if c.Clock == nil {
 		c.Clock = clock.RealClock{}
 	}
+	if c.MaxHolders == 0 {
+		c.MaxHolders = 1
+	}
+	if c.Order == "" {
+		c.Order = OrderFIFO
+	}
+	if c.QueueTTL == 0 {
+		c.QueueTTL = DefaultQueueTTL
+	}
 
 	if c.Name == "" {
 		return c, fmt.Errorf("lease name is empty: give the name of the Lease to lock")
 	}
 	if errs := validation.IsDNS1123Subdomain(c.Name); len(errs) > 0 {
 		return c, fmt.Errorf("invalid lease name %q: %s", c.Name, strings.Join(errs, "; "))
+	}
+	if c.MaxHolders < 1 || c.MaxHolders > MaxMaxHolders {
+		return c, fmt.Errorf("invalid max holders %d: must be from 1 to %d", c.MaxHolders, MaxMaxHolders)
+	}
+	if c.Order != OrderFIFO && c.Order != OrderAny {
+		return c, fmt.Errorf("invalid order %q: must be %q (first come, first served) or %q (waiters race)", c.Order, OrderFIFO, OrderAny)
+	}
+	for _, n := range LeaseNames(c.Name, c.MaxHolders, c.Order)[1:] {
+		if errs := validation.IsDNS1123Subdomain(n); len(errs) > 0 {
+			return c, fmt.Errorf("invalid lease name %q: the lock also uses the Lease %q, which is not a valid name: %s", c.Name, n, strings.Join(errs, "; "))
+		}
+	}
+	if c.QueueTTL < 3*time.Second {
+		return c, fmt.Errorf("invalid queue TTL %s: must be at least 3s (a waiter renews its place every third of it)", c.QueueTTL)
+	}
+	if c.MaxHolders > 1 && c.DeleteOnRelease {
+		return c, fmt.Errorf("a counting lock (max holders %d) keeps its Leases, which record the count: cleanup (delete on release) works only with max holders 1", c.MaxHolders)
 	}
 	if errs := validation.IsDNS1123Label(c.Namespace); len(errs) > 0 {
 		return c, fmt.Errorf("invalid namespace %q: %s", c.Namespace, strings.Join(errs, "; "))

@@ -12,7 +12,8 @@ func TestConfigComplete(t *testing.T) {
 		t.Fatal(err)
 	}
 	if got.Namespace != "default" || got.Identity == "" || got.LeaseDuration != DefaultLeaseDuration ||
-		got.RenewDeadline != DefaultRenewDeadline || got.RetryPeriod != DefaultRetryPeriod || got.RenewInterval != DefaultRetryPeriod {
+		got.RenewDeadline != DefaultRenewDeadline || got.RetryPeriod != DefaultRetryPeriod || got.RenewInterval != DefaultRetryPeriod ||
+		got.MaxHolders != 1 || got.Order != OrderFIFO || got.QueueTTL != DefaultQueueTTL {
 		t.Errorf("defaults not filled in: %+v", got)
 	}
 	if a, b := DefaultIdentity(), DefaultIdentity(); a == b {
@@ -36,9 +37,22 @@ func TestConfigComplete(t *testing.T) {
 		{name: "reserved label", cfg: Config{Name: "x", Labels: map[string]string{ManagedByLabel: "me"}}, want: "reserved"},
 		{name: "bad label key", cfg: Config{Name: "x", Labels: map[string]string{"a b": "c"}}, want: `invalid label key "a b"`},
 		{name: "bad label value", cfg: Config{Name: "x", Labels: map[string]string{"a": "b c"}}, want: `invalid value "b c" for label a`},
+		{name: "no holders", cfg: Config{Name: "x", MaxHolders: -1}, want: "invalid max holders -1: must be from 1 to 100"},
+		{name: "too many holders", cfg: Config{Name: "x", MaxHolders: 101}, want: "invalid max holders 101"},
+		{name: "unknown order", cfg: Config{Name: "x", Order: "lifo"}, want: `invalid order "lifo": must be "fifo" (first come, first served) or "any"`},
+		{name: "a name whose queue name is too long", cfg: Config{Name: strings.Repeat("a", 250)}, want: "the lock also uses the Lease"},
+		{name: "a name that is fine for a racing mutex", cfg: Config{Name: strings.Repeat("a", 250), Order: OrderAny}},
+		{name: "a short queue TTL", cfg: Config{Name: "x", QueueTTL: time.Second}, want: "invalid queue TTL 1s"},
+		{name: "cleanup of a counting lock", cfg: Config{Name: "x", MaxHolders: 2, DeleteOnRelease: true}, want: "cleanup (delete on release) works only with max holders 1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := tc.cfg.complete()
+			if tc.want == "" {
+				if err != nil {
+					t.Errorf("refused: %v", err)
+				}
+				return
+			}
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("error %v, want one containing %q", err, tc.want)
 			}

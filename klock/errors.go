@@ -3,6 +3,7 @@ package klock
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -26,10 +27,23 @@ type HeldError struct {
 	Until time.Time
 	// Cause is why a blocking acquisition stopped waiting (context error).
 	Cause error
+	// Waiters is how many waiters were ahead in the lock's queue.
+	Waiters int
 }
 
 func (e *HeldError) Error() string {
-	msg := fmt.Sprintf("lease %s/%s is held by %q", e.Namespace, e.Name, e.Holder)
+	var msg string
+	switch {
+	case e.Holder == "" && e.Waiters > 0:
+		msg = fmt.Sprintf("lock %s/%s has %d waiters ahead", e.Namespace, e.Name, e.Waiters)
+	case strings.Contains(e.Holder, ", "):
+		msg = fmt.Sprintf("lock %s/%s is held by %s", e.Namespace, e.Name, e.Holder)
+	default:
+		msg = fmt.Sprintf("lease %s/%s is held by %q", e.Namespace, e.Name, e.Holder)
+	}
+	if e.Waiters > 0 && e.Holder != "" {
+		msg += fmt.Sprintf(" with %d waiters ahead", e.Waiters)
+	}
 	if e.Cause != nil {
 		msg += ": " + e.Cause.Error()
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -38,15 +39,18 @@ type Hold struct {
 
 	releaseOnce sync.Once
 	releaseErr  error
+	// leaveQueue, when set, takes the holder's place out of the lock's
+	// queue on release: leaving it when acquiring failed.
+	leaveQueue func(context.Context)
 }
 
 // newHold starts renewing lease, whose acquisition was sent at sent. joined
 // is when the process under the same identity that already held the Lease
 // last wrote it, zero if there was none.
-func newHold(l *Lock, lease *coordinationv1.Lease, sent, joined time.Time) *Hold {
+func newHold(l *Lock, lease *coordinationv1.Lease, sent, joined time.Time, token uint64) *Hold {
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &Hold{
-		lock: l, lease: lease, reentrant: !joined.IsZero(), peerSeen: joined,
+		lock: l, lease: lease, reentrant: !joined.IsZero(), peerSeen: joined, token: token,
 		lost: make(chan struct{}), cancel: cancel, done: make(chan struct{}),
 	}
 	l.active.Store(h)
@@ -96,6 +100,9 @@ func (h *Hold) Release(ctx context.Context) error {
 		h.cancel()
 		<-h.done
 		defer h.lock.active.CompareAndSwap(h, nil)
+		if h.leaveQueue != nil {
+			defer h.leaveQueue(ctx)
+		}
 		if h.Err() != nil {
 			return
 		}
@@ -189,6 +196,12 @@ func (h *Hold) renew(ctx context.Context, now time.Time) error {
 		next.Spec.HolderIdentity = &cfg.Identity
 		next.Spec.LeaseDurationSeconds = ptr(int32(cfg.LeaseDuration / time.Second))
 		next.Spec.RenewTime = &ts
+		// The token is known only once the acquisition is written: the
+		// renewals record it, for klock status.
+		if next.Annotations == nil {
+			next.Annotations = map[string]string{}
+		}
+		next.Annotations[AnnotationFencingToken] = strconv.FormatUint(h.token, 10)
 		h.unanswered.add(&ts, time.Time{})
 		written, err := h.lock.leases.Update(ctx, next, metav1.UpdateOptions{})
 		if err == nil {

@@ -38,6 +38,15 @@ type Lock struct {
 	// acquisition, not another process's under the same identity.
 	unanswered writes
 	active     atomic.Pointer[Hold]
+
+	// slots are the Locks of a counting lock's holder slots, the first
+	// being this one; queue is where its waiters queue (OrderFIFO). Both
+	// are nil for a mutex whose waiters race, the one-Lease lock client-go
+	// also knows. lockOf is the lock a slot other than the first belongs
+	// to.
+	slots  []*Lock
+	queue  *queue
+	lockOf string
 }
 
 // New returns a Lock for the Lease cfg names. leases must be the Leases of
@@ -48,11 +57,15 @@ func New(leases LeaseClient, cfg Config) (*Lock, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Lock{
+	l := &Lock{
 		cfg:    cfg,
 		leases: leases,
 		log:    cfg.Logger.WithValues("lease", cfg.Namespace+"/"+cfg.Name, "identity", cfg.Identity),
-	}, nil
+	}
+	if cfg.MaxHolders > 1 || cfg.Order == OrderFIFO {
+		l.initSet()
+	}
+	return l, nil
 }
 
 // Config returns the configuration with its defaults filled in, such as the
@@ -70,7 +83,13 @@ func (l *Lock) TryAcquire(ctx context.Context) (*Hold, error) {
 	if err := l.checkIdle(); err != nil {
 		return nil, err
 	}
-	h, err := l.tryAcquire(ctx)
+	var h *Hold
+	var err error
+	if l.isSet() {
+		h, err = l.acquireSet(ctx, false)
+	} else {
+		h, err = l.tryAcquire(ctx)
+	}
 	if err != nil {
 		l.abandon()
 	}
@@ -106,7 +125,13 @@ func (l *Lock) Acquire(ctx context.Context) (*Hold, error) {
 	if err := l.checkIdle(); err != nil {
 		return nil, err
 	}
-	h, err := l.acquire(ctx)
+	var h *Hold
+	var err error
+	if l.isSet() {
+		h, err = l.acquireSet(ctx, true)
+	} else {
+		h, err = l.acquire(ctx)
+	}
 	if err != nil {
 		l.abandon()
 	}
@@ -249,8 +274,10 @@ func (l *Lock) Run(ctx context.Context, fn func(ctx context.Context) error) erro
 }
 
 func (l *Lock) checkIdle() error {
-	if h := l.active.Load(); h != nil {
-		return fmt.Errorf("lease %s/%s is already held through this Lock: release it first", l.cfg.Namespace, l.cfg.Name)
+	for _, s := range append([]*Lock{l}, l.slots...) {
+		if h := s.active.Load(); h != nil {
+			return fmt.Errorf("lease %s/%s is already held through this Lock: release it first", l.cfg.Namespace, l.cfg.Name)
+		}
 	}
 	return nil
 }
@@ -283,6 +310,13 @@ func (l *Lock) heldError() *HeldError {
 func (l *Lock) attempt(ctx context.Context, lease *coordinationv1.Lease, age time.Duration) (*Hold, error) {
 	now := l.cfg.Clock.Now()
 	l.obs.observe(lease, now, age)
+	if !l.isSet() && l.lockOf == "" {
+		// A mutex whose waiters race: the Lease may still be a counting
+		// lock's first slot.
+		if err := l.checkCount(ctx, []*source{{name: l.cfg.Name, lease: lease}}, now); err != nil {
+			return nil, err
+		}
+	}
 	st := l.obs.state(l.cfg.Identity, now)
 	switch {
 	case st == stateHeld:
@@ -344,14 +378,13 @@ func (l *Lock) attempt(ctx context.Context, lease *coordinationv1.Lease, age tim
 	// Written: whatever earlier writes did, this one is the Lease now.
 	l.unanswered.clear()
 	l.obs.observe(written, now, 0)
-	h := newHold(l, written, now, joined)
-	token, err := strconv.ParseUint(written.ResourceVersion, 10, 64)
-	if err != nil {
+	token, perr := strconv.ParseUint(written.ResourceVersion, 10, 64)
+	h := newHold(l, written, now, joined, token)
+	if perr != nil {
 		// Kubernetes 1.35 and later promise integer resource versions.
 		err = permanentError{fmt.Errorf("the API server returned resourceVersion %q, not an integer, so no fencing token can be derived (Kubernetes 1.35 or later is required)", written.ResourceVersion)}
 		return nil, errors.Join(err, h.Release(ctx))
 	}
-	h.token = token
 	l.log.V(1).Info("Acquired lease", "token", token, "reentrant", h.reentrant, "recovered", own)
 	return h, nil
 }
@@ -361,6 +394,9 @@ func (l *Lock) attempt(ctx context.Context, lease *coordinationv1.Lease, age tim
 // Hold: nobody would renew or release it, and every waiter would wait for
 // it to expire. Best effort, bounded by the renew deadline.
 func (l *Lock) abandon() {
+	for _, s := range l.slots[min(1, len(l.slots)):] {
+		s.abandon()
+	}
 	if l.unanswered.empty() {
 		return
 	}
@@ -450,12 +486,26 @@ func (l *Lock) acquisition(lease *coordinationv1.Lease, st state, now time.Time)
 	for k, v := range l.cfg.Labels {
 		next.Labels[k] = v
 	}
+	// Every holder records the lock's count, so that a contender with
+	// another is told (checkCount); a mutex's first Lease records none.
+	setMaxHolders(next, l.cfg.MaxHolders)
+	if l.lockOf != "" {
+		if next.Annotations == nil {
+			next.Annotations = map[string]string{}
+		}
+		next.Annotations[AnnotationLock] = l.lockOf
+	}
 
 	s := &next.Spec
 	ts := microTime(now)
 	s.HolderIdentity = &l.cfg.Identity
 	s.LeaseDurationSeconds = ptr(int32(l.cfg.LeaseDuration / time.Second))
 	s.RenewTime = &ts
+	if st != stateOurs {
+		// The token recorded is the last holder's; this holder's own is
+		// known once written, and recorded with its renewals.
+		delete(next.Annotations, AnnotationFencingToken)
+	}
 	switch {
 	case st == stateOurs && s.AcquireTime != nil:
 		// Re-entrant, or our own acquisition already: the acquisition and

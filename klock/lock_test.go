@@ -17,7 +17,7 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 )
 
-// memLeases is an in-memory LeaseClient for unit tests of decisions the
+// memLeases is an in-memory LeaseClient of one Lease, for unit tests of decisions the
 // real API server cannot be made to provoke on demand, such as a write that
 // commits but whose answer is lost. Behaviour against a real API server is
 // tested in test/integration.
@@ -97,7 +97,7 @@ func (m *memLeases) holder() string {
 
 func testLock(t *testing.T, leases LeaseClient, identity string) *Lock {
 	t.Helper()
-	l, err := New(leases, Config{Name: "x", Identity: identity, LeaseDuration: 10 * time.Second, RenewDeadline: 5 * time.Second, RetryPeriod: time.Second})
+	l, err := New(leases, Config{Name: "x", Identity: identity, LeaseDuration: 10 * time.Second, RenewDeadline: 5 * time.Second, RetryPeriod: time.Second, Order: OrderAny})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -197,7 +197,7 @@ func TestSameIdentityWithAnotherDurationIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer first.Release(ctx)
-	other, err := New(leases, Config{Name: "x", Identity: "me", LeaseDuration: 3 * time.Second})
+	other, err := New(leases, Config{Name: "x", Identity: "me", LeaseDuration: 3 * time.Second, Order: OrderAny})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,7 +215,7 @@ func TestSharerGoneThenReleased(t *testing.T) {
 		// Timings long enough that no renewal runs during the test: with
 		// a fake clock it could write the very renewTime the other holder
 		// wrote, which real clocks never do.
-		l, err := New(leases, Config{Name: "x", Identity: "me", LeaseDuration: 10 * time.Minute, RenewDeadline: 5 * time.Minute, RetryPeriod: time.Minute, Clock: clock})
+		l, err := New(leases, Config{Name: "x", Identity: "me", LeaseDuration: 10 * time.Minute, RenewDeadline: 5 * time.Minute, RetryPeriod: time.Minute, Clock: clock, Order: OrderAny})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -53,6 +53,10 @@ type Options struct {
 	RetryPeriod   time.Duration
 	Cleanup       bool
 
+	MaxHolders int
+	Order      klock.Order
+	QueueTTL   time.Duration
+
 	Signal    syscall.Signal
 	KillAfter time.Duration
 
@@ -72,6 +76,8 @@ func NewOptions() *Options {
 		Lease:            "klock",
 		ConflictExitCode: 1,
 		Signal:           syscall.SIGTERM,
+		MaxHolders:       1,
+		Order:            klock.OrderFIFO,
 	}
 }
 
@@ -95,6 +101,10 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.Var(durationValue{&o.RetryPeriod}, "retry-period", "Interval between renewals, and between retries after API errors.\nDefault a fifth of --renew-deadline (2s). Timings not given keep client-go's\nproportions 15 : 10 : 2 with those given, so --lease-duration 3s alone works.")
 	fs.BoolVarP(&o.Cleanup, "cleanup-lease", "u", o.Cleanup, "Delete the Lease when done, instead of only releasing it.")
 	fs.BoolVar(&o.Cleanup, "unlock", o.Cleanup, "Same as --cleanup-lease.")
+
+	fs.Var(maxHoldersValue{&o.MaxHolders}, "max-holders", fmt.Sprintf("How many commands may hold the lock at once (1 to %d): a counting lock. Every contender\nof the lock must give the same number. Holders use the Leases <lease>, <lease>-1 ... <lease>-<N-1>.", klock.MaxMaxHolders))
+	fs.Var(orderValue{&o.Order}, "order", "Who gets the lock first: fifo (the waiters in the order they came, queued in the Lease\n<lease>-queue) or any (whoever writes first after a release).")
+	fs.Var(durationValue{&o.QueueTTL}, "queue-ttl", "How long a waiter that gives no sign of life keeps its place in the queue (default 1m).\nA waiter renews its place every third of it.")
 
 	fs.VarP(signalValue{&o.Signal}, "signal", "s", "Signal sent to the command when the lock is lost (name or number).")
 	fs.VarP(durationValue{&o.KillAfter}, "kill-after", "k", "When the lock is lost, send KILL this long after --signal if the command still runs.\nDefault and most: lease-duration − renew-deadline less a tenth (4.5s by default), before others may take the lock.")
@@ -132,6 +142,9 @@ func (o *Options) lockConfig(getenv func(string) string, kubeconfig clientcmd.Cl
 		RetryPeriod:     o.RetryPeriod,
 		Labels:          o.Labels,
 		DeleteOnRelease: o.Cleanup,
+		MaxHolders:      o.MaxHolders,
+		Order:           o.Order,
+		QueueTTL:        o.QueueTTL,
 	}
 	if cfg.Identity == "" && !o.GenerateIdentity {
 		cfg.Identity = getenv(EnvIdentity)

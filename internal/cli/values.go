@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/klock-io/klock/klock"
 )
 
 // durationValue is a flag.Value for a duration written the way Go writes
@@ -119,4 +121,35 @@ func (v labelsValue) Set(s string) error {
 		(*v.m)[k] = val
 	}
 	return nil
+}
+
+// maxHoldersValue is a flag.Value for --max-holders: a whole number from 1
+// to klock.MaxMaxHolders.
+type maxHoldersValue struct{ n *int }
+
+func (v maxHoldersValue) String() string { return strconv.Itoa(*v.n) }
+func (v maxHoldersValue) Type() string   { return "int" }
+
+func (v maxHoldersValue) Set(s string) error {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > klock.MaxMaxHolders {
+		return fmt.Errorf("%q is not a number of holders: give a whole number from 1 to %d", s, klock.MaxMaxHolders)
+	}
+	*v.n = n
+	return nil
+}
+
+// orderValue is a flag.Value for --order.
+type orderValue struct{ o *klock.Order }
+
+func (v orderValue) String() string { return string(*v.o) }
+func (v orderValue) Type() string   { return "order" }
+
+func (v orderValue) Set(s string) error {
+	switch o := klock.Order(s); o {
+	case klock.OrderFIFO, klock.OrderAny:
+		*v.o = o
+		return nil
+	}
+	return fmt.Errorf("%q is not an order: give fifo (first come, first served) or any (waiters race)", s)
 }

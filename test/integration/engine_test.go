@@ -278,58 +278,69 @@ func TestInteropWithClientGoLeaderElection(t *testing.T) {
 func TestEngineRequestCounts(t *testing.T) {
 	ns := namespace(t)
 	ctx := context.Background()
-	var n atomic.Int64
-	l := newLock(t, framework.CountRequests(cp.Config, &n), fastConfig(ns, "counted", "a"))
+	for _, tc := range []struct {
+		order klock.Order
+		// Requests to take a free Lease, and of a waiter in 3s while the
+		// holder renews ten times: a read of each Lease and a watch of
+		// each, and with a queue a write that takes a place in it.
+		take, wait int64
+	}{
+		{order: klock.OrderAny, take: 2, wait: 2},
+		{order: klock.OrderFIFO, take: 3, wait: 5},
+	} {
+		t.Run(string(tc.order), func(t *testing.T) {
+			name := "counted-" + string(tc.order)
+			config := func(identity string) klock.Config {
+				cfg := fastConfig(ns, name, identity)
+				cfg.Order = tc.order
+				return cfg
+			}
+			var n atomic.Int64
+			l := newLock(t, framework.CountRequests(cp.Config, &n), config("a"))
 
-	t.Run("a missing Lease is taken with a read and a create", func(t *testing.T) {
-		n.Store(0)
-		h, err := l.Acquire(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := n.Load(); got != 2 {
-			t.Errorf("%d requests before holding, want 2", got)
-		}
-		n.Store(0)
-		if err := h.Release(ctx); err != nil {
-			t.Fatal(err)
-		}
-		if got := n.Load(); got != 1 {
-			t.Errorf("%d requests to release, want 1", got)
-		}
-	})
+			n.Store(0)
+			h, err := l.Acquire(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := n.Load(); got != tc.take {
+				t.Errorf("a missing Lease: %d requests before holding, want %d", got, tc.take)
+			}
+			n.Store(0)
+			if err := h.Release(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if got := n.Load(); got != 1 {
+				t.Errorf("%d requests to release, want 1", got)
+			}
 
-	t.Run("a released Lease is taken with a read and an update", func(t *testing.T) {
-		n.Store(0)
-		h, err := l.Acquire(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := n.Load(); got != 2 {
-			t.Errorf("%d requests before holding, want 2", got)
-		}
-		_ = h.Release(ctx)
-	})
+			n.Store(0)
+			if h, err = l.Acquire(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if got := n.Load(); got != tc.take {
+				t.Errorf("a released Lease: %d requests before holding, want %d", got, tc.take)
+			}
+			_ = h.Release(ctx)
 
-	t.Run("a waiter makes no requests while the holder renews", func(t *testing.T) {
-		h, err := newLock(t, cp.Config, fastConfig(ns, "counted", "holder")).Acquire(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		n.Store(0)
-		wctx, cancel := context.WithCancel(ctx)
-		done := make(chan error, 1)
-		go func() { _, err := l.Acquire(wctx); done <- err }()
-		// Ten renewals of the holder's (every 300ms), each seen by the waiter.
-		time.Sleep(3 * time.Second)
-		got := n.Load()
-		cancel()
-		if err := <-done; !errors.Is(err, klock.ErrHeld) {
-			t.Errorf("waiter ended with %v, want ErrHeld", err)
-		}
-		if got != 2 {
-			t.Errorf("the waiter made %d requests, want 2 (a read and a watch)", got)
-		}
-		_ = h.Release(ctx)
-	})
+			h, err = newLock(t, cp.Config, config("holder")).Acquire(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n.Store(0)
+			wctx, cancel := context.WithCancel(ctx)
+			done := make(chan error, 1)
+			go func() { _, err := l.Acquire(wctx); done <- err }()
+			time.Sleep(3 * time.Second)
+			got := n.Load()
+			cancel()
+			if err := <-done; !errors.Is(err, klock.ErrHeld) {
+				t.Errorf("waiter ended with %v, want ErrHeld", err)
+			}
+			if got != tc.wait {
+				t.Errorf("the waiter made %d requests, want %d", got, tc.wait)
+			}
+			_ = h.Release(ctx)
+		})
+	}
 }
