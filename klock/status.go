@@ -123,7 +123,9 @@ func Locks(leases []coordinationv1.Lease, date, now time.Time) []LockStatus {
 	}
 	out := make([]LockStatus, 0, len(byKey))
 	for _, s := range byKey {
-		slices.SortFunc(s.Holders, func(a, b HolderStatus) int { return cmp.Compare(slotIndex(s.Name, a.Lease), slotIndex(s.Name, b.Lease)) })
+		slices.SortFunc(s.Holders, func(a, b HolderStatus) int {
+			return cmp.Compare(slotIndex(s.Name, a.Lease), slotIndex(s.Name, b.Lease))
+		})
 		out = append(out, *s)
 	}
 	slices.SortFunc(out, func(a, b LockStatus) int {
