@@ -222,6 +222,7 @@ func (q *queue) write(ctx context.Context, edit func([]QueueEntry, time.Time) ([
 		if q.lease != nil && slices.Equal(entries, q.entries) {
 			return nil
 		}
+
 		if q.lease == nil && len(entries) == 0 {
 			return nil
 		}
@@ -251,9 +252,7 @@ func (q *queue) write(ctx context.Context, edit func([]QueueEntry, time.Time) ([
 		if err := q.observe(cur, l.cfg.Clock.Now(), serverAge(cur, date, l.cfg.Clock.Now())); err != nil {
 			return err
 		}
-		if attempt >= 2 {
-			sleep(ctx, jitter(time.Duration(attempt)*10*time.Millisecond))
-		}
+		sleep(ctx, jitter(time.Duration(min(attempt+1, 8))*5*time.Millisecond))
 		if ctx.Err() != nil {
 			return fmt.Errorf("could not write the queue of lock %s/%s: %w", l.cfg.Namespace, l.lockName(), ctx.Err())
 		}

@@ -14,10 +14,13 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/klock-io/klock/klock"
 	"github.com/klock-io/klock/test/framework"
@@ -186,38 +189,141 @@ func BenchmarkUncontendedOverhead(b *testing.B) {
 }
 
 // BenchmarkIdleWaiterRequests counts the API requests of a waiter blocked
-// for a minute on a Lease whose holder renews every 2s.
+// for a minute on a Lease whose holder renews every 2s: with a queue (it
+// renews its place), and racing.
 func BenchmarkIdleWaiterRequests(b *testing.B) {
-	ns := namespace(b)
-	ctx := context.Background()
-	holder, err := klock.NewForConfig(cp.Config, klock.Config{Name: "idle", Namespace: ns, Identity: "holder"})
-	if err != nil {
-		b.Fatal(err)
-	}
-	h, err := holder.Acquire(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer h.Release(ctx)
+	for _, order := range []klock.Order{klock.OrderFIFO, klock.OrderAny} {
+		ns := namespace(b)
+		ctx := context.Background()
+		holder, err := klock.NewForConfig(cp.Config, klock.Config{Name: "idle", Namespace: ns, Identity: "holder", Order: order})
+		if err != nil {
+			b.Fatal(err)
+		}
+		h, err := holder.Acquire(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
 
-	var requests atomic.Int64
-	waiter, err := klock.NewForConfig(framework.CountRequests(cp.Config, &requests), klock.Config{Name: "idle", Namespace: ns, Identity: "waiter"})
-	if err != nil {
-		b.Fatal(err)
+		var requests atomic.Int64
+		waiter, err := klock.NewForConfig(framework.CountRequests(cp.Config, &requests), klock.Config{Name: "idle", Namespace: ns, Identity: "waiter", Order: order})
+		if err != nil {
+			b.Fatal(err)
+		}
+		wctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { _, _ = waiter.Acquire(wctx); close(done) }()
+		time.Sleep(5 * time.Second) // settled: it read the Leases and watches them
+		startup := requests.Load()
+		const window = time.Minute
+		time.Sleep(window)
+		perMinute := float64(requests.Load()-startup) / window.Minutes()
+		cancel()
+		<-done
+		_ = h.Release(ctx)
+		b.ReportMetric(float64(startup), string(order)+"-startup-requests")
+		b.ReportMetric(perMinute, string(order)+"-requests/min")
+		fmt.Printf("%-28s %d requests to start waiting, then %.1f requests/min\n", "idle waiter, order "+string(order), startup, perMinute)
 	}
-	wctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { _, _ = waiter.Acquire(wctx); close(done) }()
-	time.Sleep(5 * time.Second) // settled: it read the Lease and watches it
-	startup := requests.Load()
-	const window = time.Minute
-	time.Sleep(window)
-	perMinute := float64(requests.Load()-startup) / window.Minutes()
-	cancel()
-	<-done
-	b.ReportMetric(float64(startup), "startup-requests")
-	b.ReportMetric(perMinute, "requests/min")
-	fmt.Printf("%-28s %d requests to start waiting, then %.1f requests/min\n", "idle waiter", startup, perMinute)
+}
+
+// waitQueued waits until n waiters of lock "turns" wait: with a queue, until
+// they all have their places (fifty taking theirs at once contend for the
+// one queue Lease for a few seconds); racing, a moment for their watches.
+func waitQueued(b *testing.B, ns string, order klock.Order, n int) {
+	if order == klock.OrderAny {
+		time.Sleep(3 * time.Second)
+		return
+	}
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		l, err := cp.Client.CoordinationV1().Leases(ns).Get(context.Background(), klock.QueueName("turns"), metav1.GetOptions{})
+		if err == nil {
+			if q, _ := klock.ParseQueue(l); len(q) == n {
+				time.Sleep(time.Second) // their watches settle
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	b.Fatalf("%d waiters never all queued", n)
+}
+
+// BenchmarkQueueHandoff: 1, 10 and 50 waiters take turns on one lock, each
+// holding it 10ms and then waiting again, queued or racing. Reported: the
+// time from a holder's release to the next holder's acquisition, and the API
+// requests of all of them per handoff, in that steady state (waiting again
+// included). Each waiter has a client without client-side rate limits, as
+// the klock CLI does.
+func BenchmarkQueueHandoff(b *testing.B) {
+	for _, order := range []klock.Order{klock.OrderFIFO, klock.OrderAny} {
+		for _, waiters := range []int{1, 10, 50} {
+			name := fmt.Sprintf("%s-%d", order, waiters)
+			ns := namespace(b)
+			ctx, cancel := context.WithCancel(context.Background())
+			var requests atomic.Int64
+			config := framework.CountRequests(cp.Config, &requests)
+			config.QPS, config.Burst = 1000, 2000
+			const handoffs = 100
+			var (
+				mu       sync.Mutex
+				released time.Time
+				samples  []time.Duration
+				start    = make(chan struct{})
+				counted  int64
+				wg       sync.WaitGroup
+			)
+			for i := range waiters + 1 {
+				l, err := klock.NewForConfig(config, klock.Config{Name: "turns", Namespace: ns, Identity: fmt.Sprintf("w%02d", i), Order: order})
+				if err != nil {
+					b.Fatal(err)
+				}
+				wg.Go(func() {
+					if i > 0 {
+						<-start
+					}
+					for {
+						h, err := l.Acquire(ctx)
+						if err != nil {
+							return
+						}
+						mu.Lock()
+						if !released.IsZero() {
+							samples = append(samples, time.Since(released))
+						}
+						if len(samples) == 1 {
+							counted = requests.Load() // from the first handoff on
+						}
+						enough := len(samples) > handoffs
+						mu.Unlock()
+						if enough {
+							cancel()
+						}
+						if i == 0 && len(samples) == 0 {
+							close(start)
+							waitQueued(b, ns, order, waiters) // every waiter waits
+						} else {
+							time.Sleep(10 * time.Millisecond)
+						}
+						mu.Lock()
+						released = time.Now()
+						mu.Unlock()
+						_ = h.Release(context.Background())
+						if enough {
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			cancel()
+			mu.Lock()
+			perHandoff := float64(requests.Load()-counted) / float64(len(samples)-1)
+			mu.Unlock()
+			report(b, "handoff-"+name, samples)
+			b.ReportMetric(perHandoff, name+"-requests/handoff")
+			fmt.Printf("%-28s %.1f API requests per handoff\n", "handoff-"+name, perHandoff)
+		}
+	}
 }
 
 // BenchmarkBinarySize builds klock as released and reports its size.
