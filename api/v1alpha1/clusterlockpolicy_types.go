@@ -25,14 +25,15 @@ const DefaultLease = "{kind}-{name}"
 
 // ClusterLockPolicySpec selects pods and says how klock wraps them. Each
 // option is a default: a pod's own klock.io/ annotation overrides it;
-// except, in a policy without allowSkip, the lease and the container,
-// which the policy decides and a pod may only repeat.
+// except, in a policy without allowSkip, the lease, the container and
+// maxHolders, which the policy decides and a pod may only repeat.
 //
 // The timings left out are derived from those given in client-go's
 // proportions (leaseDuration 15 : renewDeadline 10 : retryPeriod 2), as
 // klock derives them, so only timings given can contradict each other.
 //
 // +kubebuilder:validation:XValidation:rule="!has(self.renewDeadline) || !has(self.leaseDuration) || duration(self.renewDeadline) < duration(self.leaseDuration)",message="renewDeadline must be below leaseDuration, so that a holder notices the loss before the lease can expire"
+// +kubebuilder:validation:XValidation:rule="!has(self.maxHolders) || self.maxHolders <= 1 || !has(self.cleanupLease) || !self.cleanupLease",message="cleanupLease works only with maxHolders 1: a counting lock keeps its Leases, which record the count"
 // +kubebuilder:validation:XValidation:rule="!has(self.retryPeriod) || (has(self.renewDeadline) ? duration(self.retryPeriod) < duration(self.renewDeadline) : (!has(self.leaseDuration) || duration(self.retryPeriod).getMilliseconds() * 3 < duration(self.leaseDuration).getMilliseconds() * 2))",message="retryPeriod must be below renewDeadline (given, or two thirds of leaseDuration), so that a holder tries to renew more than once"
 type ClusterLockPolicySpec struct {
 	// NamespaceSelector selects the namespaces whose pods the policy
@@ -146,6 +147,23 @@ type ClusterLockPolicySpec struct {
 	// +optional
 	// +kubebuilder:validation:MaxProperties=16
 	Labels map[string]string `json:"labels,omitempty"`
+
+	// MaxHolders is how many pods may hold the lock at once
+	// (klock.io/max-holders): a counting lock, whose holders take the
+	// Leases <lease>, <lease>-1 ... <lease>-<N-1>. Default 1, a mutex.
+	// Without allowSkip, a pod may not give another count. A counting
+	// lock cannot have cleanupLease.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100
+	MaxHolders int32 `json:"maxHolders,omitempty"`
+
+	// Order is who gets the lock first (klock.io/order): fifo, the
+	// waiters in the order they came, queued in the Lease <lease>-queue
+	// (the default), or any, whoever writes first after a release.
+	// +optional
+	// +kubebuilder:validation:Enum=fifo;any
+	Order string `json:"order,omitempty"`
 }
 
 // Condition types of a ClusterLockPolicy.
@@ -184,6 +202,7 @@ type ClusterLockPolicyStatus struct {
 // +kubebuilder:printcolumn:name="Lease",type=string,JSONPath=`.spec.lease`
 // +kubebuilder:printcolumn:name="Kinds",type=string,JSONPath=`.spec.workloadKinds`
 // +kubebuilder:printcolumn:name="Priority",type=integer,JSONPath=`.spec.priority`
+// +kubebuilder:printcolumn:name="Max Holders",type=integer,JSONPath=`.spec.maxHolders`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Workloads",type=integer,JSONPath=`.status.workloads`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`

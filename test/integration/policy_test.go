@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -123,6 +124,10 @@ func TestClusterLockPolicyValidation(t *testing.T) {
 		{"negative-exit-code", klockv1alpha1.ClusterLockPolicySpec{ConflictExitCode: ptr.To(int32(-1))}, "spec.conflictExitCode: Invalid value: -1"},
 		{"bad-signal", klockv1alpha1.ClusterLockPolicySpec{Signal: "SIGNOPE"}, `spec.signal: Unsupported value: "SIGNOPE"`},
 		{"bad-kind", klockv1alpha1.ClusterLockPolicySpec{WorkloadKinds: []klockv1alpha1.WorkloadKind{"Pod"}}, `spec.workloadKinds[0]: Unsupported value: "Pod"`},
+		{"counting-lock-with-cleanup", klockv1alpha1.ClusterLockPolicySpec{MaxHolders: 3, CleanupLease: true}, "cleanupLease works only with maxHolders 1"},
+		{"too-many-holders", klockv1alpha1.ClusterLockPolicySpec{MaxHolders: 101}, "spec.maxHolders: Invalid value: 101"},
+		{"negative-holders", klockv1alpha1.ClusterLockPolicySpec{MaxHolders: -1}, "spec.maxHolders: Invalid value: -1"},
+		{"unknown-order", klockv1alpha1.ClusterLockPolicySpec{Order: "lifo"}, `spec.order: Unsupported value: "lifo"`},
 		{strings.Repeat("n", 201), klockv1alpha1.ClusterLockPolicySpec{}, "metadata.name must be at most 200 characters"},
 	} {
 		t.Run(tc.name[:min(len(tc.name), 30)], func(t *testing.T) {
@@ -136,6 +141,26 @@ func TestClusterLockPolicyValidation(t *testing.T) {
 			}
 		})
 	}
+
+	t.Run("a counting lock without cleanup is valid, and shows its count", func(t *testing.T) {
+		p := policy("valid-counting", klockv1alpha1.ClusterLockPolicySpec{
+			MaxHolders: 3, Order: "any", CleanupLease: false, NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"none": "none"}},
+		})
+		if err := c.Create(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Delete(ctx, p) })
+		var table metav1.Table
+		err := cp.Client.Discovery().RESTClient().Get().AbsPath("/apis/klock.io/v1alpha1/clusterlockpolicies", p.Name).
+			SetHeader("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io").Do(ctx).Into(&table)
+		if err != nil {
+			t.Fatal(err)
+		}
+		column := slices.IndexFunc(table.ColumnDefinitions, func(d metav1.TableColumnDefinition) bool { return d.Name == "Max Holders" })
+		if column < 0 || len(table.Rows) != 1 || fmt.Sprint(table.Rows[0].Cells[column]) != "3" {
+			t.Errorf("kubectl get shows no Max Holders 3: columns %+v, rows %+v", table.ColumnDefinitions, table.Rows)
+		}
+	})
 
 	t.Run("a valid policy gets the default lease", func(t *testing.T) {
 		p := policy("valid-defaults", klockv1alpha1.ClusterLockPolicySpec{
@@ -349,6 +374,31 @@ func TestClusterLockPolicy(t *testing.T) {
 		_, err := pods(selected).Create(ctx, p, metav1.CreateOptions{})
 		if err == nil || !strings.Contains(err.Error(), "ClusterLockPolicy batch selects this pod and does not allow it to skip the lock") {
 			t.Errorf("err = %v", err)
+		}
+	})
+
+	t.Run("a counting lock's pods run with its count, which they may not change", func(t *testing.T) {
+		counted := map[string]string{"tier": "counted"}
+		createPolicy(t, c, policy("counted", klockv1alpha1.ClusterLockPolicySpec{
+			NamespaceSelector: &metav1.LabelSelector{MatchLabels: team},
+			Selector:          &metav1.LabelSelector{MatchLabels: counted},
+			Lease:             "pool-{name}",
+			MaxHolders:        3,
+			Order:             "any",
+		}))
+		got, err := pods(selected).Create(ctx, ownedPod("counted", counted, scheduled, "Job", "batch/v1"), metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := got.Spec.Containers[0].Command
+		if wrappedLease(t, got) != "pool-nightly" || !slices.Contains(cmd, "--max-holders=3") || !slices.Contains(cmd, "--order=any") {
+			t.Errorf("lease %q, command %q", got.Annotations[wrap.AnnotationLease], cmd)
+		}
+		p := ownedPod("counted-more", counted, scheduled, "Job", "batch/v1")
+		p.Annotations = map[string]string{wrap.AnnotationMaxHolders: "10"}
+		_, err = pods(selected).Create(ctx, p, metav1.CreateOptions{})
+		if err == nil || !strings.Contains(err.Error(), `ClusterLockPolicy counted selects this pod, does not allow it to skip the lock, and sets klock.io/max-holders to "3"`) {
+			t.Errorf("a pod raising the count: err = %v", err)
 		}
 	})
 
@@ -609,6 +659,42 @@ func TestLeaseAccess(t *testing.T) {
 		if want := []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: ns, Name: "runner"}}; !cmp.Equal(binding.Subjects, want) {
 			t.Errorf("subjects %+v", binding.Subjects)
 		}
+	})
+
+	t.Run("every Lease of the lock: its queue, and the slots of its count", func(t *testing.T) {
+		for _, verb := range []string{"get", "watch", "update"} {
+			if !may(verb, "cronjob-report-queue", "leases") {
+				t.Errorf("runner may not %s its lock's queue", verb)
+			}
+		}
+		if may("update", "cronjob-report-1", "leases") {
+			t.Error("runner may update a slot its mutex does not have")
+		}
+		if err := c.Get(ctx, client.ObjectKeyFromObject(p), p); err != nil {
+			t.Fatal(err)
+		}
+		p.Spec.MaxHolders = 3
+		if err := c.Update(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		framework.Eventually(t, 30*time.Second, "runner may update Lease cronjob-report-2", func() bool { return may("update", "cronjob-report-2", "leases") })
+		for _, lease := range []string{"cronjob-report", "cronjob-report-1", "cronjob-report-queue"} {
+			if !may("update", lease, "leases") {
+				t.Errorf("runner may not update %s, a Lease of its lock", lease)
+			}
+		}
+		if may("update", "cronjob-report-3", "leases") {
+			t.Error("runner may update cronjob-report-3, beyond its lock's 3 slots")
+		}
+		// Back to a mutex, which cleanupLease below needs.
+		if err := c.Get(ctx, client.ObjectKeyFromObject(p), p); err != nil {
+			t.Fatal(err)
+		}
+		p.Spec.MaxHolders = 0
+		if err := c.Update(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		framework.Eventually(t, 30*time.Second, "runner may no longer update Lease cronjob-report-2", func() bool { return !may("update", "cronjob-report-2", "leases") })
 	})
 
 	t.Run("cleanup-lease adds delete", func(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -180,6 +181,65 @@ func TestWebhook(t *testing.T) {
 		want := "service account " + ns + "/no-leases may not get, create, update, watch leases in namespace " + ns
 		if len(w) != 1 || !strings.Contains(w[0], want) || !strings.Contains(w[0], "kubectl -n "+ns+" create role klock-lease-holder --verb=get,create,update,watch --resource=leases.coordination.k8s.io") {
 			t.Errorf("warnings %q, want one saying %q and how to grant it", w, want)
+		}
+	})
+
+	t.Run("a counting lock: its flags, and a warning naming the Leases of its lock the account lacks", func(t *testing.T) {
+		counting := map[string]string{wrap.AnnotationLease: "pool", wrap.AnnotationMaxHolders: "3", wrap.AnnotationOrder: "any"}
+		got, err := client.CoreV1().Pods(ns).Create(ctx, pod("counting", counting, container("app", "work")), metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []string{"/klock-bin/klock", "--lease=pool", "--max-holders=3", "--order=any", "--", "work"}
+		if diff := cmp.Diff(want, got.Spec.Containers[0].Command); diff != "" {
+			t.Errorf("command (-want,+got):\n%s", diff)
+		}
+		if w := client.take(); len(w) != 0 {
+			t.Errorf("unexpected warnings: %v", w)
+		}
+
+		// An account granted the lease alone, by name, as a mutex whose
+		// waiters race needs.
+		rbac := cp.Client.RbacV1().Roles(ns)
+		if _, err := rbac.Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "pool-only"}, Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, ResourceNames: []string{"pool"}, Verbs: []string{"get", "update", "watch"}},
+			{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"create"}},
+		}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cp.Client.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{
+			ObjectMeta: metav1.ObjectMeta{Name: "pool-only"},
+			RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: "pool-only"},
+			Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: "pool-only", Namespace: ns}},
+		}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		mutex := pod("pool-mutex", map[string]string{wrap.AnnotationLease: "pool", wrap.AnnotationOrder: "any"}, container("app", "work"))
+		mutex.Spec.ServiceAccountName = "pool-only"
+		if _, err := client.CoreV1().Pods(ns).Create(ctx, mutex, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if w := client.take(); len(w) != 0 {
+			t.Errorf("a mutex whose account may use its one Lease by name: warnings %q, want none", w)
+		}
+		p := pod("pool-counting", counting, container("app", "work"))
+		p.Spec.ServiceAccountName = "pool-only"
+		if _, err := client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		w := client.take()
+		lacks := "service account " + ns + "/pool-only may not get, update, watch leases in namespace " + ns + " (on the Leases pool-1, pool-2 of its lock)"
+		if len(w) != 1 || !strings.Contains(w[0], lacks) || !strings.Contains(w[0], "kubectl -n "+ns+" create role klock-lease-holder --verb=get,create,update,watch --resource=leases.coordination.k8s.io") {
+			t.Errorf("warnings %q, want one saying %q and how to grant it", w, lacks)
+		}
+
+		_, err = pods.Create(ctx, pod("bad-count", map[string]string{wrap.AnnotationLease: "pool", wrap.AnnotationMaxHolders: "0"}, container("app", "true")), metav1.CreateOptions{})
+		if err == nil || !strings.Contains(err.Error(), `metadata.annotations[klock.io/max-holders]: Invalid value: "0"`) {
+			t.Errorf("max-holders 0: err = %v", err)
+		}
+		_, err = pods.Create(ctx, pod("counting-cleanup", map[string]string{wrap.AnnotationLease: "pool", wrap.AnnotationMaxHolders: "2", wrap.AnnotationCleanupLease: "true"}, container("app", "true")), metav1.CreateOptions{})
+		if err == nil || !strings.Contains(err.Error(), "cleanup (delete on release) works only with max holders 1") {
+			t.Errorf("a counting lock with cleanup: err = %v", err)
 		}
 	})
 

@@ -36,11 +36,12 @@ const (
 )
 
 // Reconciler keeps, for each wrapped workload that should have it, a Role
-// and a RoleBinding that let the workload's service account use its Lease
-// and no other: get, watch and update (and delete with cleanup-lease) on
-// that name alone, and create, which RBAC cannot limit by name. They are
-// owned by the workload, so they go when it goes, and are deleted when it
-// stops being wrapped or granted.
+// and a RoleBinding that let the workload's service account use its lock's
+// Leases and no others: get, watch and update (and delete with
+// cleanup-lease) on those names alone (wrap.LeaseNames: the lease, its
+// other holder slots and its queue), and create, which RBAC cannot limit
+// by name. They are owned by the workload, so they go when it goes, and
+// are deleted when it stops being wrapped or granted.
 type Reconciler struct {
 	Client client.Client
 	// API reads pods' metadata when a Role is narrowed or removed.
@@ -127,10 +128,15 @@ func (r *Reconciler) reconcile(ctx context.Context, obj client.Object, key types
 	if err != nil {
 		return reconcile.Result{}, err
 	}
-	grant, unmade, err := r.grantable(ctx, key.Namespace, w, want.merge(kept))
+	want, unmadeWant, err := r.grantable(ctx, key.Namespace, w, want, true)
 	if err != nil {
 		return reconcile.Result{}, err
 	}
+	kept, unmadeKept, err := r.grantable(ctx, key.Namespace, w, kept, false)
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	grant, unmade := want.merge(kept), unmadeWant || unmadeKept
 	if grant == nil {
 		return reconcile.Result{}, r.revoke(ctx, key.Namespace, name)
 	}
@@ -198,25 +204,39 @@ func (r *Reconciler) grant(ctx context.Context, w policy.WorkloadTemplate) (*lea
 	if r.Mode != ModeAll && (applied == nil || !applied.Spec.GrantLeaseAccess) {
 		return nil, nil
 	}
+	names, err := wrap.LeaseNames(pod.Annotations)
+	if err != nil {
+		return nil, nil // its pods are denied: nothing to grant
+	}
+	// One rule for every name: with cleanup-lease, delete also covers the
+	// queue, which klock does not delete, but which update alone could
+	// empty as well.
 	verbs := Verbs(pod.Annotations[wrap.AnnotationCleanupLease] == "true")
 	return &leaseGrant{
 		serviceAccounts: []string{cmp.Or(pod.Spec.ServiceAccountName, "default")},
-		leases:          []string{pod.Annotations[wrap.AnnotationLease]},
+		leases:          names,
 		verbs:           slices.DeleteFunc(verbs, func(v string) bool { return v == "create" }),
 	}, nil
 }
 
 // grantable returns g without the Lease names that may not be granted
 // (see refusal), logging why each is left out, or nil when none is left.
-// The name comes from the workload's own annotation, which anyone who may
-// create the workload writes: granting it unchecked would give them
+// The names come from the workload's own annotations, which anyone who
+// may create the workload writes: granting them unchecked would give them
 // update and delete on any Lease of the namespace, such as an operator's
-// leader election Lease. A name granted earlier and refused now (its
-// Lease was created since, by someone else) is dropped from the Role too.
+// leader election Lease, which a lock's slot or queue name can hit as well
+// as its lease (a lease "operator" with max-holders 2 names "operator-1").
+// A name granted earlier and refused now (its Lease was created since, by
+// someone else) is dropped from the Role too.
+//
+// whole says that g is one lock's Leases, granted all or none: a lock
+// that may not have one of them cannot run, and the others would be
+// granted for nothing. Otherwise (names kept for running pods, of
+// whatever locks) each name is judged alone.
 //
 // unmade says that a name granted has no Lease yet: granted now, it must be
 // checked again, in case somebody other than klock creates that Lease.
-func (r *Reconciler) grantable(ctx context.Context, ns string, w policy.WorkloadTemplate, g *leaseGrant) (_ *leaseGrant, unmade bool, _ error) {
+func (r *Reconciler) grantable(ctx context.Context, ns string, w policy.WorkloadTemplate, g *leaseGrant, whole bool) (_ *leaseGrant, unmade bool, _ error) {
 	if g == nil {
 		return nil, false, nil
 	}
@@ -227,7 +247,10 @@ func (r *Reconciler) grantable(ctx context.Context, ns string, w policy.Workload
 			return nil, false, err
 		}
 		if why != "" {
-			ctrl.LoggerFrom(ctx).Info("not granting the workload's Lease", "kind", w.Kind, "workload", w.Name, "lease", name, "reason", why)
+			ctrl.LoggerFrom(ctx).Info("not granting the workload's Lease", "kind", w.Kind, "workload", w.Name, "lease", name, "reason", why, "wholeLock", whole)
+			if whole {
+				return nil, false, nil
+			}
 			continue
 		}
 		unmade = unmade || missing
@@ -261,11 +284,14 @@ func (r *Reconciler) refusal(ctx context.Context, ns, name string) (why string, 
 }
 
 // inUse returns what the existing Role name grants beyond want that wrapped
-// pods in ns still use: the Lease names they hold, with the verbs and
-// service accounts they were granted. It reads the pods' metadata from the
-// API server, only when there is such a difference, and then, for each
-// such Lease name, whole pods until one is wrapped for it: annotations
-// anyone may write, so they alone must not keep a grant alive.
+// pods in ns still use: the names of their locks' Leases (a pod's lease,
+// slots and queue, from its annotations: wrap.LeaseNames), with the verbs
+// and service accounts they were granted. It reads the pods' metadata from
+// the API server, only when there is such a difference, and then whole
+// pods, for those whose locks use a name not yet kept, until one is
+// wrapped for it: annotations anyone may write, so they alone must not
+// keep a grant alive; wrapped, a pod's klock carries its annotations in
+// its flags.
 func (r *Reconciler) inUse(ctx context.Context, ns, name string, want *leaseGrant) (*leaseGrant, error) {
 	var role rbacv1.Role
 	if err := r.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &role); err != nil {
@@ -292,8 +318,7 @@ func (r *Reconciler) inUse(ctx context.Context, ns, name string, want *leaseGran
 	}
 	var held []string
 	for _, p := range pods.Items {
-		lease := p.Annotations[wrap.AnnotationLease]
-		if p.Annotations[wrap.AnnotationInjected] == "" || !slices.Contains(extra, lease) || slices.Contains(held, lease) {
+		if p.Annotations[wrap.AnnotationInjected] == "" || len(uses(p.Annotations, extra, held)) == 0 {
 			continue
 		}
 		var pod corev1.Pod
@@ -301,10 +326,10 @@ func (r *Reconciler) inUse(ctx context.Context, ns, name string, want *leaseGran
 			if apierrors.IsNotFound(err) {
 				continue
 			}
-			return nil, fmt.Errorf("reading pod %s/%s, to keep the Lease it holds: %w", ns, p.Name, err)
+			return nil, fmt.Errorf("reading pod %s/%s, to keep the Leases it holds: %w", ns, p.Name, err)
 		}
-		if pod.Annotations[wrap.AnnotationLease] == lease && wrap.WrappedByAnyVersion(&pod, r.Wrap) {
-			held = append(held, lease)
+		if wrap.WrappedByAnyVersion(&pod, r.Wrap) {
+			held = append(held, uses(pod.Annotations, extra, held)...)
 		}
 	}
 	if len(held) == 0 {
@@ -319,6 +344,16 @@ func (r *Reconciler) inUse(ctx context.Context, ns, name string, want *leaseGran
 		accounts = append(accounts, s.Name)
 	}
 	return &leaseGrant{serviceAccounts: union(accounts, nil), leases: union(held, nil), verbs: verbs}, nil
+}
+
+// uses returns the names of the Leases that the lock of a pod with these
+// annotations uses, among those in extra and not in held.
+func uses(annotations map[string]string, extra, held []string) []string {
+	names, err := wrap.LeaseNames(annotations)
+	if err != nil {
+		return nil // no pod is wrapped with such annotations
+	}
+	return slices.DeleteFunc(names, func(n string) bool { return !slices.Contains(extra, n) || slices.Contains(held, n) })
 }
 
 // revoke deletes the Role and RoleBinding named name, if the webhook made

@@ -1,14 +1,18 @@
-// Package leaseaccess is about a wrapped pod's permission to use its Lease.
-// Reviewer asks the API server, at admission, whether the pod's service
-// account may get, create, update and watch the Lease, for the pod handler
-// to warn when it may not. Reconciler (--lease-access) keeps, for each
-// wrapped workload that should have it, a Role and RoleBinding that grant
-// its service account that Lease and no other.
+// Package leaseaccess is about a wrapped pod's permission to use its lock's
+// Leases: the lease, the other holder slots of a counting lock and the
+// queue of a first-come-first-served one (wrap.LeaseNames). Reviewer asks
+// the API server, at admission, whether the pod's service account may get,
+// create, update and watch them, for the pod handler to warn when it may
+// not. Reconciler (--lease-access) keeps, for each wrapped workload that
+// should have it, a Role and RoleBinding that grant its service account
+// those Leases and no others.
 package leaseaccess
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -24,21 +28,21 @@ import (
 )
 
 // Reviewer asks the API server, with SubjectAccessReviews, whether a
-// pod's service account may use its Lease, so that a missing permission is
+// pod's service account may use its lock's Leases, so that a missing permission is
 // a warning at admission rather than a failure when the pod runs. Answers
 // are kept for accessTTL: the pods of one workload come in bursts.
 type Reviewer struct {
 	client  kubernetes.Interface
 	answers *lru.Cache // review key → accessAnswer
 	// leaseAccess: the Lease access controller runs, and the webhook may
-	// get Leases, so Warnings also says when it will not grant the Lease.
+	// get Leases, so Warnings also says when it will not grant the Leases.
 	leaseAccess bool
 }
 
-// WithLeaseAccess makes Warnings also say when the pod's Lease exists and
-// was not created by klock, which the Lease access controller does not
-// grant. It reads the Lease, with get on leases, which the webhook has
-// when lease access is on.
+// WithLeaseAccess makes Warnings also say when a Lease of the pod's lock
+// exists and was not created by klock, for which the Lease access
+// controller grants none of the lock's Leases. It reads the Leases, with
+// get on leases, which the webhook has when lease access is on.
 func (a *Reviewer) WithLeaseAccess() *Reviewer {
 	a.leaseAccess = true
 	return a
@@ -56,90 +60,186 @@ func NewReviewer(client kubernetes.Interface) *Reviewer {
 	return &Reviewer{client: client, answers: lru.New(4096)}
 }
 
-// Warnings says what the pod's service account may not do to the pod's
-// Lease, with the kubectl commands that grant it; nothing when it may do
+// Warnings says what the pod's service account may not do to the Leases
+// of the pod's lock (wrap.LeaseNames: its lease, other holder slots and
+// queue), with the kubectl commands that grant it; nothing when it may do
 // all klock needs.
 func (a *Reviewer) Warnings(ctx context.Context, pod *corev1.Pod) []string {
-	ns, lease := pod.Namespace, pod.Annotations[wrap.AnnotationLease]
+	names, err := wrap.LeaseNames(pod.Annotations)
+	if err != nil {
+		return nil // the mutation denies the pod and says why
+	}
+	ns := pod.Namespace
 	sa := pod.Spec.ServiceAccountName
 	if sa == "" {
 		sa = "default"
 	}
 	verbs := Verbs(pod.Annotations[wrap.AnnotationCleanupLease] == "true")
-	key := strings.Join(append([]string{ns, sa, lease}, verbs...), "/")
+	key := ns + "/" + sa + "/" + strings.Join(names, ",") + "/" + strings.Join(verbs, ",")
 	if v, ok := a.answers.Get(key); ok && time.Now().Before(v.(accessAnswer).expires) {
 		return v.(accessAnswer).warnings
 	}
-	warnings, err := a.review(ctx, ns, sa, lease, verbs)
+	warnings, err := a.review(ctx, ns, sa, names, verbs)
 	if err != nil {
 		return []string{fmt.Sprintf("could not check whether service account %s/%s may use Leases: %v", ns, sa, err)}
 	}
 	if a.leaseAccess {
-		if w := a.foreign(ctx, ns, lease); w != "" {
-			warnings = append(warnings, w)
-		}
+		warnings = append(warnings, a.foreign(ctx, ns, names)...)
 	}
 	a.answers.Add(key, accessAnswer{warnings: warnings, expires: time.Now().Add(accessTTL)})
 	return warnings
 }
 
-func (a *Reviewer) review(ctx context.Context, ns, sa, lease string, verbs []string) ([]string, error) {
-	allowed := make([]bool, len(verbs))
-	errs := make([]error, len(verbs))
-	var wg sync.WaitGroup
-	for i, verb := range verbs {
-		wg.Go(func() {
-			attrs := &authorizationv1.ResourceAttributes{Namespace: ns, Verb: verb, Group: "coordination.k8s.io", Resource: "leases"}
-			if verb != "create" && verb != "watch" {
-				attrs.Name = lease // create and watch are not checked by name
-			}
-			review, err := a.client.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{
-				Spec: authorizationv1.SubjectAccessReviewSpec{
-					User:               "system:serviceaccount:" + ns + ":" + sa,
-					Groups:             []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
-					ResourceAttributes: attrs,
-				},
-			}, metav1.CreateOptions{})
-			allowed[i], errs[i] = err == nil && review.Status.Allowed, err
-		})
-	}
-	wg.Wait()
+// maxReviews bounds the SubjectAccessReviews, and the Lease reads, one
+// pod's admission has in flight: a counting lock of 100 holders has 101
+// Leases to check.
+const maxReviews = 8
 
-	var missing []string
-	for i, verb := range verbs {
-		if errs[i] != nil {
-			return nil, errs[i]
+// maxNamesShown bounds the Lease names a warning lists: the API server
+// cuts warnings that are long.
+const maxNamesShown = 4
+
+// review checks each verb klock needs on all of names: first on every
+// Lease of the namespace, which answers for all names at once where the
+// account is granted so (a Role without resourceNames, such as
+// klock-lease-holder); then, for a verb denied that way, on each name that
+// needs it (a Role by resourceNames, as the Lease access controller
+// keeps). create is checked without a name, as RBAC checks it, and delete
+// on the lease alone, the one Lease klock deletes. watch is checked by
+// name: klock watches one Lease at a time, with a metadata.name field
+// selector, which the API server authorizes as that name.
+func (a *Reviewer) review(ctx context.Context, ns, sa string, names, verbs []string) ([]string, error) {
+	type check struct{ verb, name string }
+	run := func(checks []check) ([]bool, error) {
+		allowed := make([]bool, len(checks))
+		errs := make([]error, len(checks))
+		limit := make(chan struct{}, maxReviews)
+		var wg sync.WaitGroup
+		for i, c := range checks {
+			limit <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-limit }()
+				review, err := a.client.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{
+					Spec: authorizationv1.SubjectAccessReviewSpec{
+						User:   "system:serviceaccount:" + ns + ":" + sa,
+						Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
+						ResourceAttributes: &authorizationv1.ResourceAttributes{
+							Namespace: ns, Verb: c.verb, Group: "coordination.k8s.io", Resource: "leases", Name: c.name,
+						},
+					},
+				}, metav1.CreateOptions{})
+				allowed[i], errs[i] = err == nil && review.Status.Allowed, err
+			})
 		}
+		wg.Wait()
+		return allowed, cmp.Or(errs...) // the first: a warning is one line
+	}
+
+	var everywhere []check
+	for _, verb := range verbs {
+		everywhere = append(everywhere, check{verb: verb})
+	}
+	allowed, err := run(everywhere)
+	if err != nil {
+		return nil, err
+	}
+	missing := map[string]bool{} // verb
+	var byName []check
+	for i, verb := range verbs {
+		switch {
+		case allowed[i]:
+		case verb == "create":
+			missing[verb] = true
+		case verb == "delete":
+			byName = append(byName, check{verb, names[0]})
+		default:
+			for _, name := range names {
+				byName = append(byName, check{verb, name})
+			}
+		}
+	}
+	allowed, err = run(byName)
+	if err != nil {
+		return nil, err
+	}
+	lacking := map[string]bool{} // Lease name
+	for i, c := range byName {
 		if !allowed[i] {
-			missing = append(missing, verb)
+			missing[c.verb], lacking[c.name] = true, true
 		}
 	}
 	if len(missing) == 0 {
 		return nil, nil
 	}
-	return []string{fmt.Sprintf("service account %s/%s may not %s leases in namespace %s, so klock will fail when the pod runs; grant it with: "+
+	var verbsMissing, namesLacking []string
+	for _, verb := range verbs {
+		if missing[verb] {
+			verbsMissing = append(verbsMissing, verb)
+		}
+	}
+	for _, name := range names {
+		if lacking[name] {
+			namesLacking = append(namesLacking, name)
+		}
+	}
+	which := ""
+	if len(namesLacking) > 0 {
+		which = " (on the Leases " + list(namesLacking) + " of its lock)"
+	}
+	// The command grants every Lease of the namespace, so it covers each
+	// name a lock uses, whatever its count and order, and every lock the
+	// account runs; create cannot be limited by name anyway.
+	return []string{fmt.Sprintf("service account %s/%s may not %s leases in namespace %s%s, so klock will fail when the pod runs; grant it with: "+
 		"kubectl -n %s create role klock-lease-holder --verb=%s --resource=leases.coordination.k8s.io && "+
 		"kubectl -n %s create rolebinding klock-lease-holder-%s --role=klock-lease-holder --serviceaccount=%s:%s",
-		ns, sa, strings.Join(missing, ", "), ns, ns, strings.Join(verbs, ","), ns, sa, ns, sa)}, nil
+		ns, sa, strings.Join(verbsMissing, ", "), ns, which, ns, strings.Join(verbs, ","), ns, sa, ns, sa)}, nil
 }
 
-// foreign warns when Lease ns/name exists and klock did not create it.
-func (a *Reviewer) foreign(ctx context.Context, ns, name string) string {
-	if invalidLeaseName(name) != "" {
-		return "" // the mutation denies the pod and says why
+// list joins names, the first maxNamesShown of them and how many more.
+func list(names []string) string {
+	if len(names) <= maxNamesShown {
+		return strings.Join(names, ", ")
 	}
-	lease, err := a.client.CoordinationV1().Leases(ns).Get(ctx, name, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		return ""
+	return fmt.Sprintf("%s and %d more", strings.Join(names[:maxNamesShown], ", "), len(names)-maxNamesShown)
+}
+
+// foreign warns of the Leases ns/names that exist and that klock did not
+// create: the Lease access controller grants none of a lock's Leases if
+// one of them is such a Lease. At most maxNamesShown are described.
+func (a *Reviewer) foreign(ctx context.Context, ns string, names []string) []string {
+	found := make([]string, len(names))
+	limit := make(chan struct{}, maxReviews)
+	var wg sync.WaitGroup
+	for i, name := range names {
+		if invalidLeaseName(name) != "" {
+			continue // the mutation denies the pod and says why
+		}
+		limit <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-limit }()
+			lease, err := a.client.CoordinationV1().Leases(ns).Get(ctx, name, metav1.GetOptions{})
+			switch {
+			case apierrors.IsNotFound(err):
+			case err != nil:
+				found[i] = fmt.Sprintf("could not check whether klock created Lease %s/%s: %v", ns, name, err)
+			default:
+				if why := foreignLease(lease); why != "" {
+					others := ""
+					if len(names) > 1 {
+						others = ", nor are the other Leases of its lock (" + list(names) + ")"
+					}
+					found[i] = why + " to the pod's service account by the Lease access controller" + others +
+						", and the pod would hold someone else's Lease; name a lease in " + wrap.AnnotationLease + " whose Leases are klock's own"
+				}
+			}
+		})
 	}
-	if err != nil {
-		return fmt.Sprintf("could not check whether klock created Lease %s/%s: %v", ns, name, err)
+	wg.Wait()
+	found = slices.DeleteFunc(found, func(w string) bool { return w == "" })
+	if len(found) > maxNamesShown {
+		found = append(found[:maxNamesShown], fmt.Sprintf("%d more Leases of the pod's lock exist and were not created by klock, or could not be read", len(found)-maxNamesShown))
 	}
-	if why := foreignLease(lease); why != "" {
-		return why + " to the pod's service account by the Lease access controller, and the pod would hold someone else's Lease; " +
-			"name a Lease of klock's own in " + wrap.AnnotationLease
-	}
-	return ""
+	return found
 }
 
 // Verbs are the verbs klock uses on its Lease: it reads and watches

@@ -161,20 +161,28 @@ func ApplyPolicies(pod *corev1.Pod, candidates []*klockv1alpha1.ClusterLockPolic
 	return p, warnings, nil
 }
 
-// enforce makes the lease and the container of a policy that pods may not
-// skip the policy's, not the pod's: a pod that could name its own lease
-// would run beside the others under a lease of its own, and one that could
-// name its container would have klock wrap an idle sidecar. A policy
-// without a container wraps the first. A pod that names either otherwise
-// is denied; saying the same is fine.
+// enforce makes the lease, the container and the number of holders of a
+// policy that pods may not skip the policy's, not the pod's: a pod that
+// could name its own lease would run beside the others under a lease of
+// its own, one that could name its container would have klock wrap an
+// idle sidecar, and one that could raise the count would run beside as
+// many others as it liked. A policy without a container wraps the first,
+// and one without maxHolders is a mutex. A pod that says otherwise is
+// denied; saying the same is fine.
 func enforce(p *klockv1alpha1.ClusterLockPolicy, pod *corev1.Pod, values map[string]string) error {
 	if _, ok := values[wrap.AnnotationContainer]; !ok && len(pod.Spec.Containers) > 0 {
 		values[wrap.AnnotationContainer] = pod.Spec.Containers[0].Name
 	}
-	for _, key := range []string{wrap.AnnotationLease, wrap.AnnotationContainer} {
-		own, ok := pod.Annotations[key]
-		if ok && own != values[key] {
-			return field.Forbidden(annotationsPath.Key(key), fmt.Sprintf("ClusterLockPolicy %s selects this pod, does not allow it to skip the lock, and sets %s to %q: remove the annotation, or set it to that value", p.Name, key, values[key]))
+	for _, r := range []struct{ key, value string }{
+		{wrap.AnnotationLease, values[wrap.AnnotationLease]},
+		{wrap.AnnotationContainer, values[wrap.AnnotationContainer]},
+		// Compared, not written on the pod: the pods of a mutex keep the
+		// command they had before there were counting locks.
+		{wrap.AnnotationMaxHolders, cmp.Or(values[wrap.AnnotationMaxHolders], "1")},
+	} {
+		own, ok := pod.Annotations[r.key]
+		if ok && own != r.value {
+			return field.Forbidden(annotationsPath.Key(r.key), fmt.Sprintf("ClusterLockPolicy %s selects this pod, does not allow it to skip the lock, and sets %s to %q: remove the annotation, or set it to that value", p.Name, r.key, r.value))
 		}
 	}
 	return nil
@@ -216,6 +224,10 @@ func policyAnnotations(p *klockv1alpha1.ClusterLockPolicy, pod *corev1.Pod, w Wo
 		pairs = append(pairs, k+"="+s.Labels[k])
 	}
 	set(wrap.AnnotationLabels, strings.Join(pairs, ","))
+	if s.MaxHolders != 0 {
+		out[wrap.AnnotationMaxHolders] = strconv.Itoa(int(s.MaxHolders))
+	}
+	set(wrap.AnnotationOrder, s.Order)
 	return out, nil
 }
 

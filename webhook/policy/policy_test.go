@@ -73,6 +73,11 @@ func TestApplyPolicies(t *testing.T) {
 		LeaseDuration: "20s", RenewDeadline: "15s", RetryPeriod: "3s", Signal: "INT", KillAfter: "5s",
 		CleanupLease: true, Labels: map[string]string{"b": "2", "a": "1"},
 	}
+	counting := func(name string, maxHolders int32, order string) *builders.PolicyBuilder {
+		b := builders.MakePolicy(name)
+		b.Spec.MaxHolders, b.Spec.Order = maxHolders, order
+		return b
+	}
 	cases := []struct {
 		name     string
 		pod      *builders.PodBuilder
@@ -122,6 +127,36 @@ func TestApplyPolicies(t *testing.T) {
 				Annotation(wrap.AnnotationContainer, "side"),
 			policies: []*klockv1alpha1.ClusterLockPolicy{builders.MakePolicy("p").Obj()}, w: cronJob,
 			err: `metadata.annotations[klock.io/container]: Forbidden: ClusterLockPolicy p selects this pod, does not allow it to skip the lock, and sets klock.io/container to "main"`,
+		},
+		{
+			name: "maxHolders and order become annotations", pod: builders.MakePod("p", "ns"),
+			policies: []*klockv1alpha1.ClusterLockPolicy{counting("p", 3, "any").Obj()}, w: cronJob, applied: "p",
+			want: map[string]string{"klock.io/lease": "cronjob-backup", "klock.io/max-holders": "3", "klock.io/order": "any", "klock.io/policy": "p"},
+		},
+		{
+			name: "where it may not skip, its own order still wins", pod: builders.MakePod("p", "ns").Annotation(wrap.AnnotationOrder, "fifo"),
+			policies: []*klockv1alpha1.ClusterLockPolicy{counting("p", 3, "any").Obj()}, w: cronJob, applied: "p",
+			want: map[string]string{"klock.io/lease": "cronjob-backup", "klock.io/max-holders": "3", "klock.io/order": "fifo", "klock.io/policy": "p"},
+		},
+		{
+			name: "but not its own count", pod: builders.MakePod("p", "ns").Annotation(wrap.AnnotationMaxHolders, "5"),
+			policies: []*klockv1alpha1.ClusterLockPolicy{counting("p", 3, "").Obj()}, w: cronJob,
+			err: `metadata.annotations[klock.io/max-holders]: Forbidden: ClusterLockPolicy p selects this pod, does not allow it to skip the lock, and sets klock.io/max-holders to "3"`,
+		},
+		{
+			name: "a policy without maxHolders is a mutex, which a pod may not make a counting lock", pod: builders.MakePod("p", "ns").Annotation(wrap.AnnotationMaxHolders, "2"),
+			policies: []*klockv1alpha1.ClusterLockPolicy{builders.MakePolicy("p").Obj()}, w: cronJob,
+			err: `sets klock.io/max-holders to "1"`,
+		},
+		{
+			name: "its own count may say the same", pod: builders.MakePod("p", "ns").Annotation(wrap.AnnotationMaxHolders, "1"),
+			policies: []*klockv1alpha1.ClusterLockPolicy{builders.MakePolicy("p").Obj()}, w: cronJob, applied: "p",
+			want: map[string]string{"klock.io/lease": "cronjob-backup", "klock.io/max-holders": "1", "klock.io/policy": "p"},
+		},
+		{
+			name: "where it may skip, its own count wins", pod: builders.MakePod("p", "ns").Annotation(wrap.AnnotationMaxHolders, "5"),
+			policies: []*klockv1alpha1.ClusterLockPolicy{counting("p", 3, "").AllowSkip().Obj()}, w: cronJob, applied: "p",
+			want: map[string]string{"klock.io/lease": "cronjob-backup", "klock.io/max-holders": "5", "klock.io/policy": "p"},
 		},
 		{
 			name: "default lease is kind and name", pod: builders.MakePod("p", "ns"),
@@ -225,5 +260,41 @@ func TestValidatePolicy(t *testing.T) {
 	}
 	if err := ValidatePolicy(builders.MakePolicy("good").Lease("{label:app}").Obj()); err != nil {
 		t.Errorf("a valid policy: %v", err)
+	}
+}
+
+// A policy whose options klock refuses together applies to nothing; the
+// schema refuses a counting lock with cleanup too, and this is the check
+// behind it for a policy stored before that rule.
+func TestValidatePolicyCountingLock(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		maxHolders int32
+		order      string
+		cleanup    bool
+		err        string
+	}{
+		{name: "a counting lock", maxHolders: 3},
+		{name: "a counting lock whose waiters race", maxHolders: 100, order: "any"},
+		{name: "a mutex with cleanup", maxHolders: 1, cleanup: true},
+		{name: "a counting lock with cleanup", maxHolders: 3, cleanup: true,
+			err: "klock does not accept the options: the klock.io/ annotations do not fit together: a counting lock (max holders 3) keeps its Leases"},
+		{name: "more holders than klock allows", maxHolders: 101, err: `"101" is not a number of holders: give a whole number from 1 to 100`},
+		{name: "an order klock does not know", order: "lifo", err: `"lifo" is not an order`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := builders.MakePolicy("p").Obj()
+			p.Spec.MaxHolders, p.Spec.Order, p.Spec.CleanupLease = tc.maxHolders, tc.order, tc.cleanup
+			err := ValidatePolicy(p)
+			if tc.err == "" {
+				if err != nil {
+					t.Fatalf("a valid policy: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Fatalf("err = %v, want one containing %q", err, tc.err)
+			}
+		})
 	}
 }

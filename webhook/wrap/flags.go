@@ -8,10 +8,13 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
 	"github.com/klock-io/klock/internal/cli"
+	"github.com/klock-io/klock/klock"
 )
 
 // flagAnnotations maps each annotation that sets a klock flag to the flag's
-// long name, in the order the flags are written into the command.
+// long name, in the order the flags are written into the command. That
+// order is part of what Wrapped recognises on pods that run already, so it
+// never changes: a new annotation goes at the end.
 var flagAnnotations = []struct{ annotation, flag string }{
 	{AnnotationWait, "wait"},
 	{AnnotationConflictExitCode, "conflict-exit-code"},
@@ -22,6 +25,8 @@ var flagAnnotations = []struct{ annotation, flag string }{
 	{AnnotationKillAfter, "kill-after"},
 	{AnnotationCleanupLease, "cleanup-lease"},
 	{AnnotationLabels, "labels"},
+	{AnnotationMaxHolders, "max-holders"},
+	{AnnotationOrder, "order"},
 }
 
 // Flags turns the annotations into klock's flags, --lease first, checking
@@ -74,4 +79,27 @@ func accepted(flag string, err error) string {
 		msg = reason
 	}
 	return msg
+}
+
+// LeaseNames returns every Lease the lock of a pod with these annotations
+// touches, as klock.LeaseNames names them: klock.io/lease, the other
+// holder slots of klock.io/max-holders (<lease>-1 ... <lease>-<N-1>), and
+// the queue <lease>-queue unless klock.io/order is any. Permissions are
+// granted and checked by these names. The two values are checked as klock
+// parses them; the lease name itself is not (the caller judges each name).
+func LeaseNames(annotations map[string]string) ([]string, error) {
+	maxHolders, order := 1, klock.OrderFIFO
+	if v, ok := annotations[AnnotationMaxHolders]; ok {
+		if err := cli.CheckFlag("max-holders", v); err != nil {
+			return nil, field.Invalid(annotationsPath.Key(AnnotationMaxHolders), v, accepted("max-holders", err))
+		}
+		maxHolders, _ = strconv.Atoi(v) // as klock parses it
+	}
+	if v, ok := annotations[AnnotationOrder]; ok {
+		if err := cli.CheckFlag("order", v); err != nil {
+			return nil, field.Invalid(annotationsPath.Key(AnnotationOrder), v, accepted("order", err))
+		}
+		order = klock.Order(v)
+	}
+	return klock.LeaseNames(annotations[AnnotationLease], maxHolders, order), nil
 }

@@ -21,6 +21,12 @@ const (
 	AnnotationKillAfter        = "klock.io/kill-after"
 	AnnotationCleanupLease     = "klock.io/cleanup-lease"
 	AnnotationLabels           = "klock.io/labels"
+	// AnnotationMaxHolders makes the lock a counting one, of that many
+	// holders, and AnnotationOrder says who gets it first (fifo or any):
+	// both decide which Leases the lock touches (klock.LeaseNames), and
+	// so what the pod's service account needs.
+	AnnotationMaxHolders = "klock.io/max-holders"
+	AnnotationOrder      = "klock.io/order"
 
 	// AnnotationInjected is set by the webhook on the pods it wrapped, to
 	// the name of the wrapped container.
@@ -69,7 +75,8 @@ const (
 var userKeys = []string{
 	AnnotationLease, AnnotationContainer, AnnotationWait, AnnotationConflictExitCode,
 	AnnotationLeaseDuration, AnnotationRenewDeadline, AnnotationRetryPeriod, AnnotationSignal,
-	AnnotationKillAfter, AnnotationCleanupLease, AnnotationLabels, AnnotationSkip,
+	AnnotationKillAfter, AnnotationCleanupLease, AnnotationLabels, AnnotationMaxHolders, AnnotationOrder,
+	AnnotationSkip,
 }
 
 // knownKeys are the klock.io/ annotation keys klock reads or writes.

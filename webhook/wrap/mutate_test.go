@@ -65,6 +65,20 @@ func TestMutate(t *testing.T) {
 					"--kill-after=5", "--labels=team=data", "--", "true").Obj(),
 		},
 		{
+			name: "max-holders and order come last, after the flags klock had before them",
+			pod: job().Annotation(wrap.AnnotationOrder, "any").Annotation(wrap.AnnotationMaxHolders, "3").
+				Annotation(wrap.AnnotationWait, "30s").Annotation(wrap.AnnotationLabels, "team=data").Container("app", "busybox", "true").Obj(),
+			want: job().Annotation(wrap.AnnotationOrder, "any").Annotation(wrap.AnnotationMaxHolders, "3").
+				Annotation(wrap.AnnotationWait, "30s").Annotation(wrap.AnnotationLabels, "team=data").Container("app", "busybox", "true").
+				Wrapped(0, "/klock-bin/klock", "--lease=nightly", "--wait=30s", "--labels=team=data", "--max-holders=3", "--order=any", "--", "true").Obj(),
+		},
+		{
+			name: "the defaults, said out loud, are passed on as given",
+			pod:  job().Annotation(wrap.AnnotationMaxHolders, "1").Annotation(wrap.AnnotationOrder, "fifo").Container("app", "busybox", "true").Obj(),
+			want: job().Annotation(wrap.AnnotationMaxHolders, "1").Annotation(wrap.AnnotationOrder, "fifo").Container("app", "busybox", "true").
+				Wrapped(0, "/klock-bin/klock", "--lease=nightly", "--max-holders=1", "--order=fifo", "--", "true").Obj(),
+		},
+		{
 			name: "cleanup-lease true",
 			pod:  job().Annotation(wrap.AnnotationCleanupLease, "true").Container("app", "busybox", "true").Obj(),
 			want: job().Annotation(wrap.AnnotationCleanupLease, "true").Container("app", "busybox", "true").
@@ -150,6 +164,20 @@ func TestMutateDenies(t *testing.T) {
 			want: []string{`metadata.annotations[klock.io/cleanup-lease]: Invalid value: "yes please"`, `"true" or "false"`}},
 		{name: "bad labels", pod: job().Annotation(wrap.AnnotationLabels, "novalue").Container("app", "busybox", "x").Obj(),
 			want: []string{`metadata.annotations[klock.io/labels]: Invalid value: "novalue"`, "key=value"}},
+		{name: "no holders", pod: job().Annotation(wrap.AnnotationMaxHolders, "0").Container("app", "busybox", "x").Obj(),
+			want: []string{`metadata.annotations[klock.io/max-holders]: Invalid value: "0"`, "give a whole number from 1 to 100"}},
+		{name: "more holders than klock allows", pod: job().Annotation(wrap.AnnotationMaxHolders, "101").Container("app", "busybox", "x").Obj(),
+			want: []string{`metadata.annotations[klock.io/max-holders]: Invalid value: "101"`, "give a whole number from 1 to 100"}},
+		{name: "holders not a number", pod: job().Annotation(wrap.AnnotationMaxHolders, "three").Container("app", "busybox", "x").Obj(),
+			want: []string{`metadata.annotations[klock.io/max-holders]: Invalid value: "three"`, "give a whole number from 1 to 100"}},
+		{name: "unknown order", pod: job().Annotation(wrap.AnnotationOrder, "lifo").Container("app", "busybox", "x").Obj(),
+			want: []string{`metadata.annotations[klock.io/order]: Invalid value: "lifo"`, "give fifo (first come, first served) or any (waiters race)"}},
+		{name: "order in capitals, which klock does not take", pod: job().Annotation(wrap.AnnotationOrder, "FIFO").Container("app", "busybox", "x").Obj(),
+			want: []string{`metadata.annotations[klock.io/order]: Invalid value: "FIFO"`}},
+		{name: "a counting lock with cleanup", pod: job().Annotation(wrap.AnnotationMaxHolders, "3").Annotation(wrap.AnnotationCleanupLease, "true").Container("app", "busybox", "x").Obj(),
+			want: []string{"klock.io/ annotations do not fit together", "cleanup (delete on release) works only with max holders 1"}},
+		{name: "a lease name that leaves no room for the queue's", pod: builders.MakePod("p", "ns").Lease(strings.Repeat("a", 250)).Container("app", "busybox", "x").Obj(),
+			want: []string{"klock.io/ annotations do not fit together", `the lock also uses the Lease "` + strings.Repeat("a", 250) + `-queue"`}},
 		{name: "fractional lease duration", pod: job().Annotation(wrap.AnnotationLeaseDuration, "1500ms").Container("app", "busybox", "x").Obj(),
 			want: []string{"klock.io/ annotations do not fit together", "whole number of seconds"}},
 		{name: "renew deadline past the lease duration", pod: job().Annotation(wrap.AnnotationLeaseDuration, "15s").Annotation(wrap.AnnotationRenewDeadline, "20s").Container("app", "busybox", "x").Obj(),
@@ -249,6 +277,9 @@ func TestWrapped(t *testing.T) {
 		}},
 		{name: "another lease than the annotation's", edit: func(p *corev1.Pod) { p.Annotations[wrap.AnnotationLease] = "other" }},
 		{name: "an option the flags do not carry", edit: func(p *corev1.Pod) { p.Annotations[wrap.AnnotationWait] = "10s" }},
+		// A holder count written on a running pod must not make it pass
+		// for a holder of more Leases than its klock uses.
+		{name: "a holder count the flags do not carry", edit: func(p *corev1.Pod) { p.Annotations[wrap.AnnotationMaxHolders] = "5" }},
 		{name: "another container than the one named", edit: func(p *corev1.Pod) { p.Annotations[wrap.AnnotationContainer] = "side" }},
 		{name: "klock behind a shell", edit: func(p *corev1.Pod) {
 			c := &p.Spec.Containers[0]
