@@ -123,6 +123,11 @@ func Locks(leases []coordinationv1.Lease, date, now time.Time) []LockStatus {
 	}
 	out := make([]LockStatus, 0, len(byKey))
 	for _, s := range byKey {
+		// A waiter that has just got the lock leaves the queue a moment
+		// later; it is a holder already.
+		s.Waiters = slices.DeleteFunc(s.Waiters, func(w WaiterStatus) bool {
+			return slices.ContainsFunc(s.Holders, func(h HolderStatus) bool { return h.Identity == w.Identity })
+		})
 		slices.SortFunc(s.Holders, func(a, b HolderStatus) int {
 			return cmp.Compare(slotIndex(s.Name, a.Lease), slotIndex(s.Name, b.Lease))
 		})
@@ -144,11 +149,21 @@ func slotIndex(name, lease string) int {
 }
 
 // silence is how long a Lease has stood unwritten: by the API server's
-// clock when its Date and stamps say (serverAge, without its margin), else
-// from its renewTime by the reader's clock.
+// clock when its Date and stamps say (the managedFields entry that owns
+// renewTime, as serverAge reads it), else from its renewTime by the
+// reader's clock. The holder's clock is used only when the server's cannot
+// be: a holder whose clock runs behind would otherwise look abandoned.
 func silence(l *coordinationv1.Lease, date, now time.Time) time.Duration {
-	if age := serverAge(l, date, now); age > 0 {
-		return age + serverClockMargin
+	if !date.IsZero() {
+		var written time.Time
+		for _, mf := range l.ManagedFields {
+			if mf.Time != nil && mf.Time.After(written) && ownsRenewTime(mf) {
+				written = mf.Time.Time
+			}
+		}
+		if !written.IsZero() {
+			return max(date.Sub(written), 0)
+		}
 	}
 	if l.Spec.RenewTime == nil {
 		return 0

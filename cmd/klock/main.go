@@ -12,6 +12,13 @@ import (
 func main() {
 	// klock runs the command under a copy of itself; that copy stops here.
 	process.RunIfSupervisor()
-	err := cli.Execute(context.Background(), os.Args[1:], cli.Streams{In: os.Stdin, Out: os.Stdout, Err: os.Stderr}, cli.Run)
+	streams := cli.Streams{In: os.Stdin, Out: os.Stdout, Err: os.Stderr}
+	var err error
+	if cli.IsPlugin(os.Args[0]) {
+		// Installed as kubectl-klock: `kubectl klock status ...`.
+		err = cli.ExecutePlugin(context.Background(), os.Args[1:], streams)
+	} else {
+		err = cli.Execute(context.Background(), os.Args[1:], streams, cli.Run)
+	}
 	os.Exit(cli.Exit(err, os.Stderr))
 }

@@ -48,10 +48,14 @@ type Streams struct {
 // one; tests pass their own to check parsing without touching a cluster.
 type RunFunc func(ctx context.Context, o *Options, s Streams) error
 
-// Execute parses args (without the program name) and calls run. The one
-// subcommand, `install DEST`, is recognised only as the first argument;
-// `klock -- install ...` runs a command called install under the lock.
+// Execute parses args (without the program name) and calls run. The
+// subcommands, `install DEST` and `status ...`, are recognised only as the
+// first argument: `klock -- status ...` runs a command called status under
+// the lock.
 func Execute(ctx context.Context, args []string, s Streams, run RunFunc) error {
+	if len(args) > 0 && args[0] == "status" {
+		return executeStatus(ctx, "klock", args[1:], s)
+	}
 	if len(args) > 0 && args[0] == "install" {
 		if len(args) != 2 || args[1] == "" {
 			return &ExitError{Code: ExitFailure, Err: errors.New("usage: klock install DEST: copies this klock binary to the path DEST")}

@@ -12,6 +12,7 @@ never runs twice at once anywhere in the cluster, like flock(1) for a cluster.
 
 Usage:
   klock [flags] -- command [args...]
+  klock status [LOCK]   show who holds and who waits (see klock status --help)
   klock install DEST    copy this binary to DEST (for images without cp)
 
 The arguments after -- reach the command exactly as given. klock waits for the
