@@ -176,7 +176,7 @@ func TestHelmInstallUpgradeAndAdmit(t *testing.T) {
 	}
 	framework.Eventually(t, 60*time.Second, "a Role for the CronJob's Lease", func() bool {
 		role, err := cp.Client.RbacV1().Roles(apps.Name).Get(ctx, "klock-lease-cronjob-report", metav1.GetOptions{})
-		return err == nil && len(role.Rules) == 2 && slices.Equal(role.Rules[0].ResourceNames, []string{"cronjob-report"})
+		return err == nil && len(role.Rules) == 2 && slices.Equal(role.Rules[0].ResourceNames, []string{"cronjob-report", "cronjob-report-queue"})
 	})
 
 	// What the release lets the webhook do: Leases and Roles in the
