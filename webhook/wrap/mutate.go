@@ -11,6 +11,7 @@ package wrap
 
 import (
 	"fmt"
+	"path"
 	"slices"
 	"strings"
 
@@ -108,17 +109,15 @@ func recognise(pod *corev1.Pod, klockImage func(string) bool) (target, at int, o
 	if volumes != 1 {
 		return 0, 0, false
 	}
-	installers := 0
-	for _, ic := range pod.Spec.InitContainers {
-		switch {
-		case ic.Name == InitContainerName && isInstaller(ic, klockImage):
-			installers++
-		case ic.Name == InitContainerName || mounts(ic.VolumeMounts) > 0:
+	// The installer runs first, before any sidecar of the pod's own could
+	// reach the volume through a shared process namespace.
+	if len(pod.Spec.InitContainers) == 0 || !isInstaller(pod.Spec.InitContainers[0], klockImage) {
+		return 0, 0, false
+	}
+	for _, ic := range pod.Spec.InitContainers[1:] {
+		if ic.Name == InitContainerName || mounts(ic.VolumeMounts) > 0 {
 			return 0, 0, false
 		}
-	}
-	if installers != 1 {
-		return 0, 0, false
 	}
 	for i, cc := range pod.Spec.Containers {
 		if i != target && mounts(cc.VolumeMounts) > 0 {
@@ -130,7 +129,13 @@ func recognise(pod *corev1.Pod, klockImage func(string) bool) (target, at int, o
 			return 0, 0, false
 		}
 	}
-	if mounts(c.VolumeMounts) != 1 || !slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return sameMount(m, mount()) }) {
+	if mounts(c.VolumeMounts) != 1 || !slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return sameMount(m, mount()) }) ||
+		slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.Name != VolumeName && hidesKlock(m.MountPath, BinaryPath) }) {
+		return 0, 0, false
+	}
+	// Mutate always writes the command: without one, the container would
+	// run its image's ENTRYPOINT, with klock's words only as its args.
+	if len(c.Command) == 0 {
 		return 0, 0, false
 	}
 	for _, want := range env() {
@@ -151,9 +156,24 @@ func recognise(pod *corev1.Pod, klockImage func(string) bool) (target, at int, o
 // sidecar.
 func isInstaller(c corev1.Container, klockImage func(string) bool) bool {
 	want := installer(Options{})
-	return klockImage(c.Image) && slices.Equal(c.Command, want.Command) && len(c.Args) == 0 && c.WorkingDir == "" &&
+	// Other mounts are the API server's own (the service account token's)
+	// as long as none can replace the binary it runs or the one it writes.
+	other := slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool {
+		return m.Name != VolumeName && (hidesKlock(m.MountPath, ImageBinaryPath) || hidesKlock(m.MountPath, BinaryPath))
+	})
+	return c.Name == InitContainerName && klockImage(c.Image) && slices.Equal(c.Command, want.Command) && len(c.Args) == 0 && c.WorkingDir == "" &&
 		len(c.Env) == 0 && len(c.EnvFrom) == 0 && len(c.VolumeDevices) == 0 && c.RestartPolicy == nil &&
-		len(c.VolumeMounts) == 1 && sameMount(c.VolumeMounts[0], want.VolumeMounts[0])
+		mounts(c.VolumeMounts) == 1 && slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return sameMount(m, want.VolumeMounts[0]) }) && !other
+}
+
+// hidesKlock reports whether a mount at mountPath could change what a
+// container finds at file (a binary of klock's), or in klock's mount
+// directory: it is at or above file, or at or below MountPath. Paths are
+// cleaned first, as the container runtime cleans them: //klock-bin/./klock
+// is /klock-bin/klock.
+func hidesKlock(mountPath, file string) bool {
+	p := path.Clean("/" + mountPath)
+	return p == "/" || p == file || strings.HasPrefix(file, p+"/") || p == MountPath || strings.HasPrefix(p, MountPath+"/")
 }
 
 // sameMount compares what decides which files a mount shows, and where.
@@ -350,7 +370,7 @@ func collisions(pod *corev1.Pod, c *corev1.Container, target int) field.ErrorLis
 	}
 	cpath := spec.Child("containers").Index(target)
 	for i, m := range c.VolumeMounts {
-		if m.MountPath == MountPath || strings.HasPrefix(m.MountPath, MountPath+"/") {
+		if hidesKlock(m.MountPath, BinaryPath) {
 			reserved(cpath.Child("volumeMounts").Index(i).Child("mountPath"), m.MountPath)
 		}
 	}

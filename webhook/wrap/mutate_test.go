@@ -6,6 +6,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/utils/ptr"
 
 	"github.com/klock-io/klock/webhook/internal/builders"
 	"github.com/klock-io/klock/webhook/wrap"
@@ -196,6 +197,10 @@ func TestMutateDenies(t *testing.T) {
 			want: []string{`spec.initContainers[0].name: Invalid value: "klock-install"`}},
 		{name: "the mount path is taken", pod: job().Container("app", "busybox", "x").Mount("v", "/klock-bin").Obj(),
 			want: []string{`spec.containers[0].volumeMounts[0].mountPath: Invalid value: "/klock-bin"`}},
+		{name: "a mount over klock's binary by an uncleaned path", pod: job().Container("app", "busybox", "x").Mount("v", "//klock-bin/./klock").Obj(),
+			want: []string{`spec.containers[0].volumeMounts[0].mountPath: Invalid value: "//klock-bin/./klock"`}},
+		{name: "a mount over everything", pod: job().Container("app", "busybox", "x").Mount("v", "/").Obj(),
+			want: []string{`spec.containers[0].volumeMounts[0].mountPath: Invalid value: "/"`}},
 		{name: "klock's variables are set by the pod", pod: job().Container("app", "busybox", "x").Env("KLOCK_IDENTITY", "me").Obj(),
 			want: []string{`spec.containers[0].env[0].name: Invalid value: "KLOCK_IDENTITY"`}},
 		{name: "no service account token", pod: job().NoServiceAccountToken().Container("app", "busybox", "x").Obj(),
@@ -244,12 +249,33 @@ func TestWrapped(t *testing.T) {
 		want, anyTag bool
 	}{
 		{name: "as Mutate made it", edit: func(*corev1.Pod) {}, want: true, anyTag: true},
-		{name: "read back with the API server's defaults", edit: func(p *corev1.Pod) {
+		{name: "read back with the API server's defaults and service account token", edit: func(p *corev1.Pod) {
 			p.Spec.InitContainers[0].TerminationMessagePath = "/dev/termination-log"
 			for i := range p.Spec.Containers[0].Env {
 				p.Spec.Containers[0].Env[i].ValueFrom.FieldRef.APIVersion = "v1"
 			}
+			token := corev1.VolumeMount{Name: "kube-api-access-x", MountPath: "/var/run/secrets/kubernetes.io/serviceaccount", ReadOnly: true}
+			p.Spec.InitContainers[0].VolumeMounts = append([]corev1.VolumeMount{token}, p.Spec.InitContainers[0].VolumeMounts...)
+			for i := range p.Spec.Containers {
+				p.Spec.Containers[i].VolumeMounts = append([]corev1.VolumeMount{token}, p.Spec.Containers[i].VolumeMounts...)
+			}
 		}, want: true, anyTag: true},
+		{name: "another volume over the binary the wrapped container runs", edit: func(p *corev1.Pod) {
+			p.Spec.Containers[0].VolumeMounts = append(p.Spec.Containers[0].VolumeMounts, corev1.VolumeMount{Name: "fake", MountPath: "/klock-bin/klock", SubPath: "klock"})
+		}},
+		{name: "another volume over the binary, by an uncleaned path", edit: func(p *corev1.Pod) {
+			p.Spec.Containers[0].VolumeMounts = append(p.Spec.Containers[0].VolumeMounts, corev1.VolumeMount{Name: "fake", MountPath: "//klock-bin/./klock", SubPath: "klock"})
+		}},
+		{name: "another volume over the installer's binary", edit: func(p *corev1.Pod) {
+			p.Spec.InitContainers[0].VolumeMounts = append(p.Spec.InitContainers[0].VolumeMounts, corev1.VolumeMount{Name: "fake", MountPath: "/klock", SubPath: "klock"})
+		}},
+		{name: "no command: klock's words as args of the image's entrypoint", edit: func(p *corev1.Pod) {
+			c := &p.Spec.Containers[0]
+			c.Command, c.Args = nil, c.Command
+		}},
+		{name: "the installer after a sidecar of the pod's own", edit: func(p *corev1.Pod) {
+			p.Spec.InitContainers = append([]corev1.Container{{Name: "side", Image: "busybox", RestartPolicy: ptr.To(corev1.ContainerRestartPolicyAlways)}}, p.Spec.InitContainers...)
+		}},
 		{name: "names only: a dummy installer and a sidecar that runs klock", edit: func(p *corev1.Pod) {
 			*p = *builders.MakePod("p", "ns").Lease("nightly").Annotation(wrap.AnnotationInjected, "side").
 				InitContainer("klock-install", "busybox", false).Container("app", "busybox", "work").
