@@ -225,8 +225,8 @@ func (c Config) complete() (Config, error) {
 			return c, fmt.Errorf("invalid lease name %q: the lock also uses the Lease %q, which is not a valid name: %s", c.Name, n, strings.Join(errs, "; "))
 		}
 	}
-	if c.QueueTTL < 3*time.Second {
-		return c, fmt.Errorf("invalid queue TTL %s: must be at least 3s (a waiter renews its place every third of it)", c.QueueTTL)
+	if c.QueueTTL < 3*time.Second || c.QueueTTL > maxQueueTTL {
+		return c, fmt.Errorf("invalid queue TTL %s: must be from 3s (a waiter renews its place every third of it) to %s", c.QueueTTL, maxQueueTTL)
 	}
 	if c.MaxHolders > 1 && c.DeleteOnRelease {
 		return c, fmt.Errorf("a counting lock (max holders %d) keeps its Leases, which record the count: cleanup (delete on release) works only with max holders 1", c.MaxHolders)

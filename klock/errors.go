@@ -35,14 +35,14 @@ func (e *HeldError) Error() string {
 	var msg string
 	switch {
 	case e.Holder == "" && e.Waiters > 0:
-		msg = fmt.Sprintf("lock %s/%s has %d waiters ahead", e.Namespace, e.Name, e.Waiters)
+		msg = fmt.Sprintf("lock %s/%s has %s ahead", e.Namespace, e.Name, waiters(e.Waiters))
 	case strings.Contains(e.Holder, ", "):
 		msg = fmt.Sprintf("lock %s/%s is held by %s", e.Namespace, e.Name, e.Holder)
 	default:
 		msg = fmt.Sprintf("lease %s/%s is held by %q", e.Namespace, e.Name, e.Holder)
 	}
 	if e.Waiters > 0 && e.Holder != "" {
-		msg += fmt.Sprintf(" with %d waiters ahead", e.Waiters)
+		msg += " with " + waiters(e.Waiters) + " ahead"
 	}
 	if e.Cause != nil {
 		msg += ": " + e.Cause.Error()
@@ -78,4 +78,11 @@ func describe(err error, c *Config, verb string) error {
 		return fmt.Errorf("cannot create lease %s/%s: %w (does the namespace exist?)", c.Namespace, c.Name, err)
 	}
 	return fmt.Errorf("cannot %s lease %s/%s: %w", verb, c.Namespace, c.Name, err)
+}
+
+func waiters(n int) string {
+	if n == 1 {
+		return "1 waiter"
+	}
+	return fmt.Sprintf("%d waiters", n)
 }

@@ -30,6 +30,8 @@ const (
 	// holder slots and its queue, so that contenders that disagree on it
 	// are told. Absent means 1.
 	AnnotationMaxHolders = "klock.io/max-holders"
+	// maxQueueTTL bounds how long a silent place lasts, whatever it says.
+	maxQueueTTL = time.Hour
 	// maxQueue bounds the waiters of one lock: the queue is one
 	// annotation, and the API server keeps an object's annotations under
 	// 256 KiB.
@@ -58,7 +60,7 @@ func ParseQueue(l *coordinationv1.Lease) ([]QueueEntry, error) {
 	}
 	var q []QueueEntry
 	if err := json.Unmarshal([]byte(raw), &q); err != nil {
-		return nil, fmt.Errorf("lease %s/%s: annotation %s is not a klock queue: %w", l.Namespace, l.Name, AnnotationQueue, err)
+		return nil, fmt.Errorf("lease %s/%s: annotation %s is not a klock queue (%v): remove the annotation, or delete the Lease, to start the queue afresh", l.Namespace, l.Name, AnnotationQueue, err)
 	}
 	return q, nil
 }
@@ -92,9 +94,10 @@ type queue struct {
 }
 
 type beatSeen struct {
-	beat int64
-	at   time.Time
-	ttl  time.Duration // the waiter's own
+	beat  int64
+	since metav1.MicroTime // the place's, which a new place under the same identity changes
+	at    time.Time
+	ttl   time.Duration // the waiter's own, at most maxQueueTTL
 }
 
 // observe folds a fresh read of the queue Lease into q; age is how long it
@@ -114,8 +117,8 @@ func (q *queue) observe(l *coordinationv1.Lease, now time.Time, age time.Duratio
 	for _, e := range q.entries {
 		s, ok := q.seen[e.ID]
 		switch {
-		case !ok || s.beat != e.Beat:
-			s = beatSeen{beat: e.Beat, at: since}
+		case !ok || s.beat != e.Beat || !s.since.Equal(&e.Since):
+			s = beatSeen{beat: e.Beat, since: e.Since, at: since}
 		case since.Before(s.at):
 			s.at = since
 		}
@@ -123,6 +126,7 @@ func (q *queue) observe(l *coordinationv1.Lease, now time.Time, age time.Duratio
 		if s.ttl <= 0 {
 			s.ttl = q.lock.cfg.QueueTTL
 		}
+		s.ttl = min(s.ttl, maxQueueTTL) // a place written by hand cannot block a lock for a year
 		seen[e.ID] = s
 	}
 	q.seen = seen
@@ -196,12 +200,19 @@ func (q *queue) join(ctx context.Context) error {
 }
 
 // leave takes this contender's place out of the queue, and with it the
-// abandoned places of others that were ahead of it.
+// abandoned places of others that were ahead of it: each only as it was
+// seen abandoned (same beat, same place), so that a waiter that renewed its
+// place meanwhile, or came back under the same identity, keeps it.
 func (q *queue) leave(ctx context.Context, abandoned []string) error {
 	cfg := &q.lock.cfg
+	gone := map[string]beatSeen{}
+	for _, id := range abandoned {
+		gone[id] = q.seen[id]
+	}
 	return q.write(ctx, func(entries []QueueEntry, _ time.Time) ([]QueueEntry, error) {
 		return slices.DeleteFunc(entries, func(e QueueEntry) bool {
-			return e.ID == cfg.Identity || slices.Contains(abandoned, e.ID)
+			s, ok := gone[e.ID]
+			return e.ID == cfg.Identity || ok && s.beat == e.Beat && s.since.Equal(&e.Since)
 		}), nil
 	})
 }
@@ -237,7 +248,7 @@ func (q *queue) write(ctx context.Context, edit func([]QueueEntry, time.Time) ([
 			return q.observe(written, now, 0)
 		}
 		if !apierrors.IsConflict(err) && !apierrors.IsAlreadyExists(err) && !(apierrors.IsNotFound(err) && q.lease != nil) {
-			return describeQueue(err, &l.cfg, q.name)
+			return describeQueue(err, &l.cfg, q.name, "update")
 		}
 		// Another waiter wrote first: read and apply the edit again, after
 		// a pause that grows, so that many waiters do not keep colliding.
@@ -247,7 +258,7 @@ func (q *queue) write(ctx context.Context, edit func([]QueueEntry, time.Time) ([
 		case apierrors.IsNotFound(err):
 			cur = nil
 		case err != nil:
-			return describeQueue(err, &l.cfg, q.name)
+			return describeQueue(err, &l.cfg, q.name, "get")
 		}
 		if err := q.observe(cur, l.cfg.Clock.Now(), serverAge(cur, date, l.cfg.Clock.Now())); err != nil {
 			return err
@@ -298,13 +309,13 @@ func setMaxHolders(l *coordinationv1.Lease, n int) {
 }
 
 // describeQueue is describe for the queue Lease.
-func describeQueue(err error, c *Config, name string) error {
+func describeQueue(err error, c *Config, name, verb string) error {
 	if apierrors.IsForbidden(err) {
 		return permanentError{fmt.Errorf("not allowed to use lease %s/%s, where the waiters of lock %s queue first come, first served: grant get, create, update and watch on it too, or let waiters race (order any): %w", c.Namespace, name, c.Name, err)}
 	}
 	q := *c
 	q.Name = name
-	return describe(err, &q, "update")
+	return describe(err, &q, verb)
 }
 
 // deleteIfEmpty deletes the queue Lease if nobody waits in it, for a lock

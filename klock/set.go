@@ -83,8 +83,14 @@ func (l *Lock) acquireSet(ctx context.Context, wait bool) (*Hold, error) {
 		defer s.w.reset()
 	}
 	qs := srcs[len(srcs)-1] // the queue's, when there is one
+	if q != nil {
+		// What an earlier acquisition saw of the waiters' renewals says
+		// nothing of those queued since: judge them afresh.
+		q.seen = nil
+	}
 	var (
 		joined    bool // this contender has a place in the queue
+		tried     bool // it asked for one, maybe with its answer lost
 		held      *HeldError
 		lastErr   error
 		answered  bool
@@ -99,7 +105,7 @@ func (l *Lock) acquireSet(ctx context.Context, wait bool) (*Hold, error) {
 	defer beat.Stop()
 	defer resync.Stop()
 	defer func() {
-		if joined && !acquired {
+		if (joined || tried) && !acquired {
 			// A waiter that gives up leaves its place at once. Best
 			// effort: a place left behind is dropped after QueueTTL.
 			lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.cfg.RenewDeadline)
@@ -118,7 +124,7 @@ func (l *Lock) acquireSet(ctx context.Context, wait bool) (*Hold, error) {
 			}
 			lease, age, err := l.getNamed(ctx, s.name)
 			if err != nil {
-				if permanent(err) || !answered && time.Since(unreached) >= l.cfg.RenewDeadline {
+				if permanent(err) || !wait || !answered && time.Since(unreached) >= l.cfg.RenewDeadline {
 					return nil, err
 				}
 				lastErr, held, failed = err, nil, true
@@ -196,6 +202,14 @@ func (l *Lock) acquireSet(ctx context.Context, wait bool) (*Hold, error) {
 				var other *HeldError
 				switch {
 				case err == nil:
+					if err := l.recheckCount(ctx, h); err != nil {
+						return nil, err
+					}
+					for i, s := range l.slots {
+						if i != target {
+							s.abandon() // a write of ours there may have committed late
+						}
+					}
 					acquired = true
 					l.leaveAfterAcquiring(ctx, h, joined, abandoned)
 					if q != nil && l.cfg.DeleteOnRelease {
@@ -215,20 +229,31 @@ func (l *Lock) acquireSet(ctx context.Context, wait bool) (*Hold, error) {
 				case permanent(err):
 					return nil, err
 				default:
-					lastErr, srcs[target].current = err, false
+					if !wait {
+						return nil, err
+					}
+					lastErr, srcs[target].current, held = err, false, nil
 				}
 			}
-			held = &HeldError{Namespace: l.cfg.Namespace, Name: l.cfg.Name, Holder: strings.Join(holders, ", "), Until: earliest}
-			if q != nil {
-				held.Waiters = len(line)
-				if slices.Contains(line, id) {
-					held.Waiters--
+			if lastErr == nil {
+				// An attempt that failed for another reason than the lock
+				// being held is no verdict: giving up now is no conflict.
+				held = &HeldError{Namespace: l.cfg.Namespace, Name: l.cfg.Name, Holder: strings.Join(holders, ", "), Until: earliest}
+				if q != nil {
+					held.Waiters = len(line)
+					if slices.Contains(line, id) {
+						held.Waiters--
+					}
 				}
 			}
 			if !wait {
+				if held == nil {
+					return nil, lastErr
+				}
 				return nil, held
 			}
 			if q != nil && !joined && lastErr == nil {
+				tried = true
 				if err := q.join(ctx); err != nil {
 					if permanent(err) {
 						return nil, err
@@ -237,7 +262,7 @@ func (l *Lock) acquireSet(ctx context.Context, wait bool) (*Hold, error) {
 				} else {
 					joined = true
 					qs.lease = q.lease // what we wrote: the watch catches up from there
-					beat.Reset(l.cfg.QueueTTL / 3)
+					beat.Reset(l.beatInterval())
 					continue // the queue changed: decide again
 				}
 			}
@@ -292,7 +317,7 @@ func (l *Lock) acquireSet(ctx context.Context, wait bool) (*Hold, error) {
 				beat.Reset(l.cfg.RetryPeriod)
 			} else {
 				qs.lease = q.lease
-				beat.Reset(l.cfg.QueueTTL / 3)
+				beat.Reset(l.beatInterval())
 			}
 		case chosen == len(srcs)+2:
 			for _, s := range srcs {
@@ -331,6 +356,15 @@ func (l *Lock) leaveAfterAcquiring(ctx context.Context, h *Hold, joined bool, ab
 	}
 }
 
+// beatInterval is how long a waiter waits before it renews its place: a
+// third of its queue TTL, less up to a quarter of that at random, so that
+// waiters that came together do not all write at the same moment (and at
+// most 4 times a minute with the default TTL).
+func (l *Lock) beatInterval() time.Duration {
+	third := l.cfg.QueueTTL / 3
+	return third - rand.N(third/4+1)
+}
+
 // getNamed reads the Lease name; a missing Lease is (nil, 0, nil).
 func (l *Lock) getNamed(ctx context.Context, name string) (*coordinationv1.Lease, time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, l.cfg.RenewDeadline)
@@ -344,7 +378,7 @@ func (l *Lock) getNamed(ctx context.Context, name string) (*coordinationv1.Lease
 	case err != nil && apierrors.IsNotFound(err):
 		return nil, 0, nil
 	case err != nil && name == QueueName(l.cfg.Name):
-		return nil, 0, describeQueue(err, &l.cfg, name)
+		return nil, 0, describeQueue(err, &l.cfg, name, "get")
 	case err != nil:
 		c := l.cfg
 		c.Name = name
@@ -369,6 +403,10 @@ func (l *Lock) checkCount(ctx context.Context, srcs []*source, now time.Time) er
 		lease := srcs[i].lease
 		if lease == nil {
 			continue
+		}
+		_, isQueue := lease.Annotations[AnnotationQueue]
+		if of, isPart := lease.Annotations[AnnotationLock]; i == 0 && (isPart || isQueue) {
+			return permanentError{fmt.Errorf("Lease %s/%s is a part of lock %s, not a lock of its own: give the lock another name", l.cfg.Namespace, lease.Name, of)}
 		}
 		if i > 0 {
 			if of := lease.Annotations[AnnotationLock]; of != l.cfg.Name {
@@ -405,6 +443,37 @@ func (l *Lock) checkCount(ctx context.Context, srcs []*source, now time.Time) er
 					return refuse(first, "held", m)
 				}
 			}
+		}
+	}
+	return nil
+}
+
+// recheckCount reads, after a slot was taken, every slot of this
+// contender's count, and gives the slot back with a refusal if another is
+// held under another count. checkCount decided from reads made before the
+// write; a contender with a smaller count may have taken a slot meanwhile.
+// Of two such racers the one with the larger count always sees the other
+// (the smaller's slots are among its own), so it is the one that gives way,
+// before its command starts.
+func (l *Lock) recheckCount(ctx context.Context, h *Hold) error {
+	if l.cfg.MaxHolders == 1 {
+		return nil
+	}
+	for _, name := range SlotNames(l.cfg.Name, l.cfg.MaxHolders) {
+		if name == h.lock.cfg.Name {
+			continue
+		}
+		lease, age, err := l.getNamed(ctx, name)
+		if err != nil {
+			return errors.Join(err, h.Release(ctx))
+		}
+		if lease == nil || recordOf(lease).holder == "" || age >= recordOf(lease).duration {
+			continue
+		}
+		if m := MaxHoldersOf(lease); m != l.cfg.MaxHolders {
+			err := permanentError{fmt.Errorf("lock %s/%s is held with max holders %d (Lease %s), and this contender's max holders is %d: give every contender of the lock the same max holders",
+				l.cfg.Namespace, l.cfg.Name, m, lease.Name, l.cfg.MaxHolders)}
+			return errors.Join(err, h.Release(ctx))
 		}
 	}
 	return nil

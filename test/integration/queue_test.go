@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 
@@ -295,4 +296,90 @@ func TestQueueAndRacersExclude(t *testing.T) {
 	if runs.Load() != 30 || maxInside.Load() != 1 {
 		t.Errorf("%d runs with at most %d inside at once, want 30 with 1", runs.Load(), maxInside.Load())
 	}
+}
+
+// gatedLeases holds writes to one Lease until its gate opens.
+type gatedLeases struct {
+	klock.LeaseClient
+	name    string
+	reached chan struct{}
+	gate    chan struct{}
+	once    sync.Once
+}
+
+// wait holds the first write to the Lease until the gate opens.
+func (g *gatedLeases) wait(name string) {
+	if name == g.name {
+		g.once.Do(func() {
+			close(g.reached)
+			<-g.gate
+		})
+	}
+}
+
+func (g *gatedLeases) Create(ctx context.Context, l *coordinationv1.Lease, o metav1.CreateOptions) (*coordinationv1.Lease, error) {
+	g.wait(l.Name)
+	return g.LeaseClient.Create(ctx, l, o)
+}
+
+func (g *gatedLeases) Update(ctx context.Context, l *coordinationv1.Lease, o metav1.UpdateOptions) (*coordinationv1.Lease, error) {
+	g.wait(l.Name)
+	return g.LeaseClient.Update(ctx, l, o)
+}
+
+// Contenders that disagree on the count and race: the one with the larger
+// count takes its slot while the others take theirs under the smaller
+// count. It must see them once its write is in, and give its slot back
+// before its holder runs, so that the smaller count's holders are never
+// more than it allows.
+func TestCountingLockRaceOfCounts(t *testing.T) {
+	ns := namespace(t)
+	ctx := context.Background()
+	config := func(id string, n int) klock.Config {
+		cfg := fastConfig(ns, "p", id)
+		cfg.MaxHolders = n
+		return cfg
+	}
+	a1, err := newLock(t, cp.Config, config("a1", 3)).Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a2, err := newLock(t, cp.Config, config("a2", 3)).Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gated := &gatedLeases{LeaseClient: cp.Client.CoordinationV1().Leases(ns), name: "p-2", reached: make(chan struct{}), gate: make(chan struct{})}
+	a3, err := klock.New(gated, config("a3", 3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		h, err := a3.Acquire(ctx)
+		if err == nil {
+			_ = h.Release(ctx)
+		}
+		got <- err
+	}()
+	<-gated.reached // a3 is taking p-2
+	_ = a1.Release(ctx)
+	_ = a2.Release(ctx)
+	b1, err := newLock(t, cp.Config, config("b1", 2)).TryAcquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b2, err := newLock(t, cp.Config, config("b2", 2)).TryAcquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	close(gated.gate)
+	err = <-got
+	if err == nil || !strings.Contains(err.Error(), "is held with max holders 2") {
+		t.Fatalf("a3 took a third slot beside two holders of a 2-holder lock: %v", err)
+	}
+	if h := holder(getLease(t, ns, "p-2")); h != "" {
+		t.Errorf("a3 kept Lease p-2 (holder %q)", h)
+	}
+	_ = b1.Release(ctx)
+	_ = b2.Release(ctx)
 }
