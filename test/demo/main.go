@@ -1,6 +1,8 @@
 // Command demo starts a local control plane and shows two klock runs
 // contending for one Lease: the second waits, then runs the moment the
-// first one releases. Run it with `make demo`.
+// first one releases; then a counting lock of two holders with two more
+// runs queued, as klock status shows them; then the webhook. Run it with
+// `make demo`.
 package main
 
 import (
@@ -45,6 +47,9 @@ func run(klockBin string) error {
 	if err := lockDemo(cp, klockBin); err != nil {
 		return err
 	}
+	if err := countingDemo(cp, klockBin); err != nil {
+		return err
+	}
 	return webhookDemo(cp, klockBin)
 }
 
@@ -81,6 +86,35 @@ func lockDemo(cp *framework.ControlPlane, klockBin string) error {
 		return err
 	}
 	say("demo", "Lease now: holder %q (released), leaseTransitions %d, labels %v", *lease.Spec.HolderIdentity, *lease.Spec.LeaseTransitions, lease.Labels)
+	return nil
+}
+
+// countingDemo: five renders under a lock of two holders; the others queue
+// and go in the order they came. klock status shows it while it happens.
+func countingDemo(cp *framework.ControlPlane, klockBin string) error {
+	fmt.Println("\n== A counting lock: at most 2 renders at once, the others in the order they came ==")
+	script := `echo "rendering as $KLOCK_HOLDER_IDENTITY (token $KLOCK_FENCING_TOKEN)"; sleep "$1"; echo "rendered"`
+	var wg sync.WaitGroup
+	for i, who := range []string{"R1", "R2", "R3", "R4", "R5"} {
+		cmd := exec.Command(klockBin, "--kubeconfig", cp.Kubeconfig, "-l", "render", "--max-holders", "2", "-i", who,
+			"--", "sh", "-c", script, "sh", "2")
+		if i == 0 {
+			say(who, "$ klock -l render --max-holders 2 -i %s -- sh -c '...; sleep 2'  (and so on, R1 to R5)", who)
+		}
+		if err := runShown(&wg, who, cmd); err != nil {
+			return err
+		}
+		time.Sleep(300 * time.Millisecond) // so that they queue in this order
+	}
+	time.Sleep(500 * time.Millisecond)
+	say("demo", "$ klock status render")
+	status := exec.Command(klockBin, "status", "--kubeconfig", cp.Kubeconfig, "render")
+	out, err := status.CombinedOutput()
+	fmt.Print(string(out))
+	if err != nil {
+		return fmt.Errorf("klock status: %w", err)
+	}
+	wg.Wait()
 	return nil
 }
 
