@@ -113,7 +113,7 @@ bench: control-plane ## Measure the lock (handoff, takeover, overhead, requests,
 	cd test && $(GO) test -count=1 -timeout 30m -run '^$$' -bench . -benchtime 1x ./bench/...
 
 .PHONY: demo
-demo: control-plane build ## Start a local control plane: two klock runs contending, then the webhook wrapping workloads.
+demo: control-plane build ## Start a local control plane: two klock runs contending, a counting lock with a queue, then the webhook wrapping workloads.
 	cd test && $(GO) run ./demo -klock $(BIN)/klock
 
 ##@ Fault tests
