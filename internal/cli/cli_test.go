@@ -3,7 +3,14 @@ package cli
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
+	"math/big"
 	"os"
 	"path/filepath"
 	"slices"
@@ -255,5 +262,38 @@ func TestLeaseTimingsGivenAloneAreCompleted(t *testing.T) {
 				t.Errorf("error %v, want one containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// With --api-server, klock talks to that server only, trusting only the CA
+// in $KLOCK_API_CA: nothing else in the pod's environment is read.
+func TestPinnedAPIServer(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "ca"}, NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+
+	rc, err := pinnedConfig("https://10.96.0.1:443", ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rc.Host != "https://10.96.0.1:443" || string(rc.CAData) != ca || rc.CAFile != "" || rc.BearerTokenFile != serviceAccountTokenFile || rc.BearerToken != "" || rc.Insecure {
+		t.Errorf("config %+v", rc)
+	}
+	for _, tc := range []struct{ server, ca, want string }{
+		{"http://10.96.0.1", ca, `--api-server "http://10.96.0.1" is not an https URL`},
+		{"10.96.0.1:443", ca, "is not an https URL"},
+		{"https://10.96.0.1:443", "", "needs the API server's CA, PEM-encoded, in $KLOCK_API_CA"},
+		{"https://10.96.0.1:443", "not a certificate", "in $KLOCK_API_CA, which holds none"},
+	} {
+		if _, err := pinnedConfig(tc.server, tc.ca); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("pinnedConfig(%q, %q): %v, want %q", tc.server, tc.ca, err, tc.want)
+		}
 	}
 }

@@ -1,8 +1,10 @@
 package cli
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"strings"
 	"syscall"
@@ -19,6 +21,8 @@ import (
 const (
 	EnvNamespace = "KLOCK_NAMESPACE"
 	EnvIdentity  = "KLOCK_IDENTITY"
+	// EnvAPICA holds the only CA klock trusts with --api-server (PEM).
+	EnvAPICA = "KLOCK_API_CA"
 )
 
 // Environment variables klock sets for the command.
@@ -31,8 +35,12 @@ const (
 
 var commandEnv = []string{EnvLease, EnvLeaseNamespace, EnvHolderIdentity, EnvFencingToken}
 
-// serviceAccountNamespaceFile is where a pod finds its own namespace.
-var serviceAccountNamespaceFile = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+// serviceAccountNamespaceFile is where a pod finds its own namespace, and
+// serviceAccountTokenFile its token.
+var (
+	serviceAccountNamespaceFile = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+	serviceAccountTokenFile     = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+)
 
 // Options holds everything the command line says. Flags bind into it; Run
 // takes it.
@@ -42,6 +50,7 @@ type Options struct {
 	Identity         string
 	GenerateIdentity bool
 	Kubeconfig       string
+	APIServer        string
 	Labels           map[string]string
 
 	Wait             time.Duration // 0: wait as long as it takes
@@ -89,6 +98,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVarP(&o.Identity, "identity", "i", o.Identity, "Holder identity. Default: $"+EnvIdentity+", else one unique to this process.\nProcesses given the same identity share the lock (re-entrant).")
 	fs.BoolVarP(&o.GenerateIdentity, "generate-identity", "g", o.GenerateIdentity, "Use an identity unique to this process even if $"+EnvIdentity+" is set.")
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "Path to a kubeconfig. Default: $KUBECONFIG, else ~/.kube/config, else the pod's service account.")
+	fs.StringVar(&o.APIServer, "api-server", o.APIServer, "Talk to the API server at this https URL with the pod's service account token, trusting only the CA in\n$"+EnvAPICA+"; --kubeconfig, $KUBECONFIG, ~/.kube/config and $KUBERNETES_SERVICE_HOST are then ignored.\nThe webhook sets it in the pods it wraps, so that nothing in the pod can point klock elsewhere.")
 	fs.Var(labelsValue{&o.Labels}, "labels", "Labels to put on the Lease, as key=value,key2=value2. app.kubernetes.io/managed-by=klock is always set on creation.")
 
 	fs.VarP(durationValue{&o.Wait}, "wait", "w", "Give up when the lock is not acquired within this long (exit with --conflict-exit-code). 0 waits as long as it takes.")
@@ -175,6 +185,25 @@ func (o *Options) kubeconfig() clientcmd.ClientConfig {
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()
 	rules.ExplicitPath = o.Kubeconfig
 	return clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{})
+}
+
+// pinnedConfig is the API client configuration for --api-server: that URL,
+// the service account token, and the CA in $KLOCK_API_CA only.
+func pinnedConfig(server, ca string) (*rest.Config, error) {
+	u, err := url.Parse(server)
+	if err != nil || u.Scheme != "https" || u.Host == "" {
+		return nil, fmt.Errorf("--api-server %q is not an https URL: give one such as https://10.96.0.1:443", server)
+	}
+	if !x509.NewCertPool().AppendCertsFromPEM([]byte(ca)) {
+		return nil, fmt.Errorf("--api-server needs the API server's CA, PEM-encoded, in $%s, which holds none", EnvAPICA)
+	}
+	rc := &rest.Config{
+		Host:            server,
+		BearerTokenFile: serviceAccountTokenFile,
+		TLSClientConfig: rest.TLSClientConfig{CAData: []byte(ca)},
+	}
+	rc.QPS, rc.Burst = 100, 200
+	return rc, nil
 }
 
 func restConfig(kubeconfig clientcmd.ClientConfig) (*rest.Config, error) {

@@ -30,7 +30,13 @@ func Run(ctx context.Context, o *Options, s Streams) error {
 
 	log := setUpLogging(o.Debug, s)
 	kubeconfig := o.kubeconfig()
-	rc, err := restConfig(kubeconfig)
+	var rc *rest.Config
+	var err error
+	if o.APIServer != "" {
+		rc, err = pinnedConfig(o.APIServer, os.Getenv(EnvAPICA))
+	} else {
+		rc, err = restConfig(kubeconfig)
+	}
 	if err != nil {
 		return &ExitError{Code: ExitFailure, Err: err}
 	}

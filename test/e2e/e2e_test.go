@@ -563,7 +563,7 @@ func testPolicyLeaseAccess(t *testing.T) {
 		return err == nil && j.Status.Succeeded == 1
 	})
 	role, err := cl.Client.RbacV1().Roles(ns).Get(ctx, "klock-lease-job-report", metav1.GetOptions{})
-	if err != nil || !slices.Equal(role.Rules[0].ResourceNames, []string{"job-report"}) {
+	if err != nil || !slices.Equal(role.Rules[0].ResourceNames, []string{"job-report", "job-report-queue"}) {
 		t.Fatalf("the Role for the Job's Lease: %v, %+v", err, role)
 	}
 	pods, err := cl.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "job-name=" + job.Name})

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -305,7 +306,17 @@ func certsPresent(dir string) bool {
 	return err == nil
 }
 
-// wrapOptions is how the webhook wraps pods.
+// wrapOptions is how the webhook wraps pods. Running in the cluster, it
+// pins klock in every wrapped pod to the API server and CA the webhook
+// itself uses there, so that nothing in the pod (a KUBECONFIG, a
+// ~/.kube/config in the image, KUBERNETES_SERVICE_HOST) can point klock at
+// a server of the pod author's that grants every lock.
 func (o *Options) wrapOptions() wrap.Options {
-	return wrap.Options{Image: o.KlockImage, ImagePullPolicy: corev1.PullPolicy(o.ImagePullPolicy)}
+	opts := wrap.Options{Image: o.KlockImage, ImagePullPolicy: corev1.PullPolicy(o.ImagePullPolicy)}
+	if ic, err := rest.InClusterConfig(); err == nil {
+		if ca, err := os.ReadFile(ic.TLSClientConfig.CAFile); err == nil {
+			opts.APIServer, opts.APICA = ic.Host, string(ca)
+		}
+	}
+	return opts
 }

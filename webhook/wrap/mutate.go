@@ -29,6 +29,31 @@ type Options struct {
 	// Image is the klock image, which holds klock at /klock.
 	Image           string
 	ImagePullPolicy corev1.PullPolicy
+	// APIServer, when set, is the API server's URL as pods reach it, and
+	// APICA its CA (PEM): klock in the pod talks to that server, trusting
+	// that CA only (--api-server), whatever the pod's environment,
+	// kubeconfig or mounts say.
+	APIServer string
+	APICA     string
+}
+
+// flags are klock's flags for a pod with annotations, wrapped with opts.
+func (opts Options) flags(annotations map[string]string) ([]string, field.ErrorList) {
+	flags, errs := Flags(annotations)
+	if opts.APIServer != "" {
+		flags = append(flags, "--api-server="+opts.APIServer)
+	}
+	return flags, errs
+}
+
+// env is what the wrapped container gets: klock's namespace and identity,
+// and the CA it trusts with APIServer.
+func (opts Options) env() []corev1.EnvVar {
+	e := env()
+	if opts.APIServer != "" {
+		e = append(e, corev1.EnvVar{Name: cli.EnvAPICA, Value: opts.APICA})
+	}
+	return e
 }
 
 // ImageCommand is what an image runs when the pod does not say: its
@@ -52,7 +77,7 @@ func Wants(pod *corev1.Pod) bool {
 // init container called klock-install beside a sidecar that runs some
 // /klock-bin/klock is not wrapped.
 func Wrapped(pod *corev1.Pod, opts Options) bool {
-	_, at, ok := recognise(pod, func(image string) bool { return image == opts.Image })
+	_, at, ok := recognise(pod, opts, func(image string) bool { return image == opts.Image })
 	return ok && at == 0
 }
 
@@ -60,7 +85,7 @@ func Wrapped(pod *corev1.Pod, opts Options) bool {
 // any tag or digest of opts.Image's repository: for pods that started
 // before the webhook was upgraded to another klock image.
 func WrappedByAnyVersion(pod *corev1.Pod, opts Options) bool {
-	_, at, ok := recognise(pod, func(image string) bool { return repository(image) == repository(opts.Image) })
+	_, at, ok := recognise(pod, opts, func(image string) bool { return repository(image) == repository(opts.Image) })
 	return ok && at == 0
 }
 
@@ -86,8 +111,8 @@ func repository(image string) string {
 // It compares what decides which program runs, with what arguments, and
 // not the rest (resources, security context, fields the API server
 // defaults), so that it holds for pods read back from the API server.
-func recognise(pod *corev1.Pod, klockImage func(string) bool) (target, at int, ok bool) {
-	flags, errs := Flags(pod.Annotations)
+func recognise(pod *corev1.Pod, opts Options, klockImage func(string) bool) (target, at int, ok bool) {
+	flags, errs := opts.flags(pod.Annotations)
 	target, ferr := Target(pod)
 	if len(errs) > 0 || ferr != nil {
 		return 0, 0, false
@@ -138,11 +163,21 @@ func recognise(pod *corev1.Pod, klockImage func(string) bool) (target, at int, o
 	if len(c.Command) == 0 {
 		return 0, 0, false
 	}
-	for _, want := range env() {
+	for _, want := range opts.env() {
 		named := slices.DeleteFunc(slices.Clone(c.Env), func(e corev1.EnvVar) bool { return e.Name != want.Name })
-		if len(named) != 1 || named[0].Value != "" || named[0].ValueFrom == nil || named[0].ValueFrom.FieldRef == nil ||
-			!equality.Semantic.DeepEqual(*named[0].ValueFrom, corev1.EnvVarSource{FieldRef: named[0].ValueFrom.FieldRef}) ||
-			named[0].ValueFrom.FieldRef.FieldPath != want.ValueFrom.FieldRef.FieldPath {
+		if len(named) != 1 {
+			return 0, 0, false
+		}
+		got := named[0]
+		if want.ValueFrom == nil {
+			if got.ValueFrom != nil || got.Value != want.Value {
+				return 0, 0, false
+			}
+			continue
+		}
+		if got.Value != "" || got.ValueFrom == nil || got.ValueFrom.FieldRef == nil ||
+			!equality.Semantic.DeepEqual(*got.ValueFrom, corev1.EnvVarSource{FieldRef: got.ValueFrom.FieldRef}) ||
+			got.ValueFrom.FieldRef.FieldPath != want.ValueFrom.FieldRef.FieldPath {
 			return 0, 0, false
 		}
 	}
@@ -250,12 +285,12 @@ func Mutate(pod *corev1.Pod, opts Options, image *ImageCommand) (warnings []stri
 	if !Wants(pod) {
 		return nil, nil
 	}
-	if target, at, ok := recognise(pod, func(image string) bool { return image == opts.Image }); ok {
+	if target, at, ok := recognise(pod, opts, func(image string) bool { return image == opts.Image }); ok {
 		if at == 0 {
 			return nil, nil
 		}
 		c := &pod.Spec.Containers[target]
-		flags, _ := Flags(pod.Annotations)
+		flags, _ := opts.flags(pod.Annotations)
 		h := head(flags)
 		argv := append(slices.Clone(c.Command), c.Args...)
 		prefix := argv[:at]
@@ -264,7 +299,7 @@ func Mutate(pod *corev1.Pod, opts Options, image *ImageCommand) (warnings []stri
 		return []string{fmt.Sprintf("container %q: another webhook put %q in front of klock; klock runs first again, and starts it under the lock", c.Name, strings.Join(prefix, " "))}, nil
 	}
 	var errs field.ErrorList
-	flags, ferrs := Flags(pod.Annotations)
+	flags, ferrs := opts.flags(pod.Annotations)
 	errs = append(errs, ferrs...)
 	target, ferr := Target(pod)
 	if ferr != nil {
@@ -296,7 +331,7 @@ func Mutate(pod *corev1.Pod, opts Options, image *ImageCommand) (warnings []stri
 	c.Command = append(head(flags), argv...)
 	c.Args = nil
 	c.VolumeMounts = append(c.VolumeMounts, mount())
-	c.Env = append(c.Env, env()...)
+	c.Env = append(c.Env, opts.env()...)
 	pod.Spec.Volumes = append(pod.Spec.Volumes, volume())
 	pod.Spec.InitContainers = append([]corev1.Container{installer(opts)}, pod.Spec.InitContainers...)
 	pod.Annotations[AnnotationInjected] = c.Name
@@ -375,9 +410,9 @@ func collisions(pod *corev1.Pod, c *corev1.Container, target int) field.ErrorLis
 		}
 	}
 	for i, e := range c.Env {
-		if e.Name == cli.EnvNamespace || e.Name == cli.EnvIdentity {
+		if e.Name == cli.EnvNamespace || e.Name == cli.EnvIdentity || e.Name == cli.EnvAPICA {
 			errs = append(errs, field.Invalid(cpath.Child("env").Index(i).Child("name"), e.Name,
-				"klock sets this variable itself, to the pod's namespace and name; remove it"))
+				"klock sets this variable itself; remove it"))
 		}
 	}
 	return errs

@@ -1,6 +1,7 @@
 package wrap_test
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -352,5 +353,43 @@ func TestMutateReinvoked(t *testing.T) {
 	again := pod.DeepCopy()
 	if _, err := wrap.Mutate(again, testOptions, nil); err != nil || !cmp.Equal(pod, again) {
 		t.Errorf("a third call changed the pod (err %v):\n%s", err, cmp.Diff(pod, again))
+	}
+}
+
+// Where the webhook knows the API server as pods reach it, klock in the pod
+// talks to that server only, trusting only its CA: a KUBECONFIG or a
+// ~/.kube/config of the pod's could otherwise point klock at a server of
+// the pod author's that grants every lock.
+func TestMutatePinsTheAPIServer(t *testing.T) {
+	opts := testOptions
+	opts.APIServer, opts.APICA = "https://10.96.0.1:443", "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n"
+	pod := builders.MakePod("p", "ns").Lease("nightly").Container("app", "busybox", "work").Env("KUBECONFIG", "/evil/config").Obj()
+	if _, err := wrap.Mutate(pod, opts, nil); err != nil {
+		t.Fatal(err)
+	}
+	c := pod.Spec.Containers[0]
+	want := []string{"/klock-bin/klock", "--lease=nightly", "--api-server=https://10.96.0.1:443", "--", "work"}
+	if diff := cmp.Diff(want, c.Command); diff != "" {
+		t.Errorf("command (-want,+got):\n%s", diff)
+	}
+	if !slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == "KLOCK_API_CA" && e.Value == opts.APICA }) {
+		t.Errorf("env %v has no KLOCK_API_CA with the CA", c.Env)
+	}
+	if !wrap.Wrapped(pod, opts) || wrap.Wrapped(pod, testOptions) {
+		t.Error("Wrapped does not tell a pinned pod by its server")
+	}
+	forged := pod.DeepCopy()
+	for i := range forged.Spec.Containers[0].Env {
+		if forged.Spec.Containers[0].Env[i].Name == "KLOCK_API_CA" {
+			forged.Spec.Containers[0].Env[i].Value = "the pod author's CA"
+		}
+	}
+	if wrap.Wrapped(forged, opts) {
+		t.Error("a pod with another CA passes for wrapped")
+	}
+
+	own := builders.MakePod("p", "ns").Lease("nightly").Container("app", "busybox", "work").Env("KLOCK_API_CA", "mine").Obj()
+	if _, err := wrap.Mutate(own, opts, nil); err == nil || !strings.Contains(err.Error(), `spec.containers[0].env[0].name: Invalid value: "KLOCK_API_CA": klock sets this variable itself`) {
+		t.Errorf("a pod that sets KLOCK_API_CA: %v", err)
 	}
 }
