@@ -204,6 +204,13 @@ var notUnicast = []netip.Prefix{
 var (
 	nat64 = netip.MustParsePrefix("64:ff9b::/96")  // IPv4 embedded in its last 32 bits
 	cgnat = netip.MustParsePrefix("100.64.0.0/10") // shared address space, private in practice
+	// Other IPv6 forms that carry an IPv4 address a gateway or the host
+	// may reach: refused outright, since no registry needs them.
+	embedsIPv4 = []netip.Prefix{
+		netip.MustParsePrefix("64:ff9b:1::/48"), // local-use NAT64
+		netip.MustParsePrefix("2002::/16"),      // 6to4
+		netip.MustParsePrefix("::/96"),          // IPv4-compatible (deprecated)
+	}
 )
 
 // policy is the part of the rules that the dialers apply.
@@ -291,6 +298,8 @@ func (p *policy) refuse(host, port string, ip netip.Addr, publicOnly bool) Kind 
 			return ""
 		}
 		return KindLoopback
+	case ip.Is6() && slicesContainsPrefix(embedsIPv4, ip):
+		return KindNotUnicast
 	case !ip.IsGlobalUnicast():
 		return KindNotUnicast
 	case publicOnly && (ip.IsPrivate() || cgnat.Contains(ip)):

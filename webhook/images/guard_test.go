@@ -347,6 +347,7 @@ func TestPolicyRefuses(t *testing.T) {
 		"100.100.100.200": KindLinkLocal, "127.0.0.1": KindLoopback, "127.8.9.10": KindLoopback, "::1": KindLoopback,
 		"0.0.0.0": KindNotUnicast, "::": KindNotUnicast, "0.1.2.3": KindNotUnicast, "224.0.0.1": KindNotUnicast, "ff02::1": KindNotUnicast,
 		"255.255.255.255": KindNotUnicast, "10.1.2.3": "", "192.168.0.1": "", "fd12::1": "", "8.8.8.8": "", "64:ff9b::808:808": "",
+		"64:ff9b:1::a9fe:a9fe": KindNotUnicast, "2002:a9fe:a9fe::1": KindNotUnicast, "::a9fe:a9fe": KindNotUnicast,
 	} {
 		if got := p.refuse("h", "443", netip.MustParseAddr(ip), false); got != want {
 			t.Errorf("%s: %q, want %q", ip, got, want)

@@ -328,7 +328,9 @@ func (r *Reconciler) inUse(ctx context.Context, ns, name string, want *leaseGran
 			}
 			return nil, fmt.Errorf("reading pod %s/%s, to keep the Leases it holds: %w", ns, p.Name, err)
 		}
-		if wrap.WrappedByAnyVersion(&pod, r.Wrap) {
+		// A pod that has finished holds nothing any more.
+		done := pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed
+		if !done && wrap.WrappedByAnyVersion(&pod, r.Wrap) {
 			held = append(held, uses(pod.Annotations, extra, held)...)
 		}
 	}
