@@ -92,7 +92,7 @@ func TestKustomizeDefaultIsValid(t *testing.T) {
 		kinds[o.GetKind()]++
 	}
 	for _, want := range []string{"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service",
-		"PodDisruptionBudget", "MutatingWebhookConfiguration", "Issuer", "Certificate"} {
+		"PodDisruptionBudget", "MutatingWebhookConfiguration", "Issuer", "Certificate", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} {
 		if kinds[want] == 0 {
 			t.Errorf("deploy/default renders no %s (it renders %v)", want, kinds)
 		}
