@@ -17,6 +17,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -49,8 +50,12 @@ type Resolver struct {
 	policy         *policy
 	direct, public http.RoundTripper
 	// running bounds the resolutions under way at once: each may hold a
-	// manifest and a config in memory while they are parsed.
-	running chan struct{}
+	// manifest and a config in memory while they are parsed. perNamespace
+	// bounds those of one namespace, so that one namespace's slow
+	// registry cannot take every turn from the others'.
+	running      chan struct{}
+	mu           sync.Mutex
+	perNamespace map[string]int
 }
 
 // Bounds on what one image may say it runs, and on resolutions at once.
@@ -59,7 +64,9 @@ type Resolver struct {
 const (
 	maxArgs        = 1024
 	maxArgBytes    = 64 << 10
-	maxResolutions = 4
+	maxResolutions = 8
+	// maxPerNamespace is a namespace's share of maxResolutions.
+	maxPerNamespace = 2
 )
 
 // DefaultTimeout bounds one resolution, well inside the webhook's
@@ -110,7 +117,7 @@ func WithAPIServer(hostOrURL string) Option {
 // and the registry, its token service and its redirects are held to the
 // rules in guard.go.
 func NewResolver(client kubernetes.Interface, platform v1.Platform, cacheSize int, options ...Option) *Resolver {
-	r := &Resolver{client: client, platform: platform, cache: lru.New(cacheSize), timeout: DefaultTimeout, running: make(chan struct{}, maxResolutions), policy: newPolicy()}
+	r := &Resolver{client: client, platform: platform, cache: lru.New(cacheSize), timeout: DefaultTimeout, running: make(chan struct{}, maxResolutions), perNamespace: map[string]int{}, policy: newPolicy()}
 	for _, o := range options {
 		if o != nil {
 			o(r)
@@ -133,17 +140,42 @@ func NewResolver(client kubernetes.Interface, platform v1.Platform, cacheSize in
 func (r *Resolver) Resolve(ctx context.Context, pod *corev1.Pod, c *corev1.Container) (*wrap.ImageCommand, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
+	if !r.enter(pod.Namespace) {
+		return nil, &Error{Reason: fmt.Sprintf("the webhook is already reading %d images for namespace %s, its most at once", maxPerNamespace, pod.Namespace)}
+	}
+	defer r.leave(pod.Namespace)
 	select {
 	case r.running <- struct{}{}:
 		defer func() { <-r.running }()
 	case <-ctx.Done():
-		return nil, r.explain(ctx, ctx.Err())
+		return nil, &Error{Reason: fmt.Sprintf("the webhook was reading %d other images, its most at once, for %s", maxResolutions, r.timeout), Err: ctx.Err()}
 	}
 	cmd, err := r.resolve(ctx, pod, c)
 	if err != nil {
 		return nil, r.explain(ctx, err)
 	}
 	return cmd, nil
+}
+
+// enter takes one of namespace's turns, if it has one left; leave gives it
+// back. A namespace without a turn is refused at once: its own images
+// are what keeps the others waiting.
+func (r *Resolver) enter(namespace string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.perNamespace[namespace] >= maxPerNamespace {
+		return false
+	}
+	r.perNamespace[namespace]++
+	return true
+}
+
+func (r *Resolver) leave(namespace string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.perNamespace[namespace]--; r.perNamespace[namespace] <= 0 {
+		delete(r.perNamespace, namespace)
+	}
 }
 
 func (r *Resolver) resolve(ctx context.Context, pod *corev1.Pod, c *corev1.Container) (*wrap.ImageCommand, error) {

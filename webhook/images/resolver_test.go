@@ -390,3 +390,48 @@ func TestResolveBoundsTheCommandAnImageMayGive(t *testing.T) {
 		t.Errorf("a normal ENTRYPOINT: got %+v, %v", got, err)
 	}
 }
+
+// One namespace whose registry never answers takes at most its share of
+// the resolutions under way: another namespace's image is read meanwhile,
+// and a third resolution of the first namespace is refused at once, saying
+// why.
+func TestResolveSharesTurnsBetweenNamespaces(t *testing.T) {
+	hung := make(chan struct{})
+	var reached atomic.Int32
+	reg := startRegistry(t, "", func(w http.ResponseWriter, r *http.Request, _ func(io.Reader)) {
+		reached.Add(1)
+		select {
+		case <-hung:
+		case <-r.Context().Done():
+		}
+		w.WriteHeader(http.StatusNotFound)
+	})
+	defer close(hung)
+	res := newTestResolver(WithTimeout(10 * time.Second))
+	podIn := func(ns, image string) (*corev1.Pod, *corev1.Container) {
+		p, c := testPod(image)
+		p.Namespace = ns
+		return p, c
+	}
+	for range maxPerNamespace {
+		p, c := podIn("greedy", reg.image("slow/image", anyDigest))
+		go func() { _, _ = res.Resolve(context.Background(), p, c) }()
+	}
+	for reached.Load() < maxPerNamespace {
+		time.Sleep(10 * time.Millisecond)
+	}
+	p, c := podIn("greedy", reg.image("slow/image", anyDigest))
+	_, err := res.Resolve(context.Background(), p, c)
+	if want := "the webhook is already reading 2 images for namespace greedy, its most at once"; err == nil || err.Error() != want {
+		t.Errorf("a third resolution of the namespace: %v, want %q", err, want)
+	}
+	p, c = podIn("other", reg.image("slow/image", anyDigest))
+	go func() { _, _ = res.Resolve(context.Background(), p, c) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for reached.Load() < maxPerNamespace+1 {
+		if time.Now().After(deadline) {
+			t.Fatal("another namespace's image was not read while the first namespace's hung")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
