@@ -20,7 +20,6 @@ import (
 	"gomodules.xyz/jsonpatch/v2"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
@@ -159,13 +158,8 @@ func (h *PodHandler) wrapPod(ctx context.Context, pod *corev1.Pod, original []by
 			return admission.Denied(fmt.Sprintf("reading the ENTRYPOINT and CMD of image %q failed: %v; %v", c.Image, err, merr)), outcomeDenied
 		}
 	}
-	before := pod.DeepCopy()
+	initBefore := len(pod.Spec.InitContainers)
 	more, err := wrap.Mutate(pod, h.options, image)
-	if err == nil && equality.Semantic.DeepEqual(before, pod) {
-		// Wrapped already: this is a reinvocation, or a pod that was
-		// created wrapped. Its warnings were given the first time.
-		return admission.Allowed(""), outcomeSkipped
-	}
 	if err != nil {
 		if applied != nil {
 			return admission.Denied(fmt.Sprintf("wrapping the pod for ClusterLockPolicy %s: %v", applied.Name, err)), outcomeDenied
@@ -176,29 +170,38 @@ func (h *PodHandler) wrapPod(ctx context.Context, pod *corev1.Pod, original []by
 	if h.access != nil {
 		warnings = append(warnings, h.access.Warnings(ctx, pod)...)
 	}
-	patch, err := podPatch(original, before, pod)
+	patch, err := podPatch(original, initBefore, pod)
 	if err != nil {
 		return admission.Errored(http.StatusInternalServerError, err), outcomeError
+	}
+	if len(patch) == 0 {
+		// Wrapped already: this is a reinvocation, or a pod that was
+		// created wrapped. Its warnings were given the first time.
+		return admission.Allowed(""), outcomeSkipped
 	}
 	return admission.Patched("", patch...).WithWarnings(warnings...), outcomeWrapped
 }
 
 // podPatch is the JSON patch from the pod as decoded (original, its JSON)
-// to mutated, which differs from before only by what wrap.Mutate did. Both
+// to mutated, which had initBefore init containers before wrap.Mutate. Both
 // sides of the diff come from the same Go type, so the fields of the
 // user's objects that it does not know (newer than this webhook) never
 // show up as removals. The installer is added at index 0 with one add:
 // a diff of the lists would rewrite the user's first init container into
 // klock's and append a copy of it re-encoded from the Go type, losing
 // those fields.
-func podPatch(original []byte, before, mutated *corev1.Pod) ([]jsonpatch.JsonPatchOperation, error) {
-	rest := mutated.DeepCopy()
+func podPatch(original []byte, initBefore int, mutated *corev1.Pod) ([]jsonpatch.JsonPatchOperation, error) {
 	var installer *corev1.Container
-	if n := len(mutated.Spec.InitContainers); n == len(before.Spec.InitContainers)+1 && mutated.Spec.InitContainers[0].Name == wrap.InitContainerName {
-		installer = &mutated.Spec.InitContainers[0]
-		rest.Spec.InitContainers = before.Spec.InitContainers
+	all := mutated.Spec.InitContainers
+	if len(all) == initBefore+1 && all[0].Name == wrap.InitContainerName {
+		installer = &all[0]
+		mutated.Spec.InitContainers = all[1:]
+		if len(mutated.Spec.InitContainers) == 0 {
+			mutated.Spec.InitContainers = nil // as decoded: absent
+		}
 	}
-	current, err := json.Marshal(rest)
+	current, err := json.Marshal(mutated)
+	mutated.Spec.InitContainers = all
 	if err != nil {
 		return nil, err
 	}
@@ -208,7 +211,7 @@ func podPatch(original []byte, before, mutated *corev1.Pod) ([]jsonpatch.JsonPat
 	}
 	switch {
 	case installer == nil:
-	case len(before.Spec.InitContainers) == 0:
+	case initBefore == 0:
 		ops = append(ops, jsonpatch.NewOperation("add", "/spec/initContainers", []corev1.Container{*installer}))
 	default:
 		ops = append(ops, jsonpatch.NewOperation("add", "/spec/initContainers/0", *installer))
