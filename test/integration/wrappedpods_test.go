@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -66,14 +67,17 @@ func TestWrappedPodsStayWrapped(t *testing.T) {
 		t.Fatalf("not wrapped: %q", created.Spec.Containers[0].Command)
 	}
 
-	// The policy takes effect a moment after it is created.
+	// The policy takes effect a moment after it is created; until then a
+	// change goes through, so each try changes the image again.
 	var lastErr error
+	tries := 0
 	framework.Eventually(t, 30*time.Second, "the installer's image change refused", func() bool {
 		p, err := pods.Get(ctx, created.Name, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		p.Spec.InitContainers[0].Image = "evil/klock:v1"
+		tries++
+		p.Spec.InitContainers[0].Image = fmt.Sprintf("evil/klock:v%d", tries)
 		_, lastErr = pods.Update(ctx, p, metav1.UpdateOptions{})
 		return lastErr != nil
 	})
