@@ -242,9 +242,9 @@ func TestQueueSkipsGoneWaiters(t *testing.T) {
 		_ = h.Release(ctx)
 	}()
 	eventually(t, 10*time.Second, "the next waiter in the queue", func() bool { return slices.Contains(queueOf(t, ns, "gone"), "next") })
+	killedAt := time.Now() // no later than the kill
 	killed.signal(t, syscall.SIGKILL)
 	_ = killed.wait(t, 10*time.Second)
-	killedAt := time.Now()
 	if err := holder.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
