@@ -34,6 +34,18 @@ func newLock(t *testing.T, config *rest.Config, cfg klock.Config) *klock.Lock {
 	return l
 }
 
+// insiders counts the holders inside a critical section at once, and the
+// most there ever were: an overlap detector.
+type insiders struct{ now, most atomic.Int32 }
+
+func (c *insiders) enter() {
+	n := c.now.Add(1)
+	for m := c.most.Load(); n > m && !c.most.CompareAndSwap(m, n); m = c.most.Load() {
+	}
+}
+
+func (c *insiders) leave() { c.now.Add(-1) }
+
 // acquireAndRelease acquires l in the background and releases at once.
 func acquireAndRelease(ctx context.Context, l *klock.Lock) <-chan error {
 	got := make(chan error, 1)
@@ -62,22 +74,17 @@ func awaitNil(t *testing.T, got <-chan error, what string) {
 
 func TestEngineRunExcludesGoroutines(t *testing.T) {
 	ns := namespace(t)
-	var inside, maxInside, runs atomic.Int32
+	var inside insiders
+	var runs atomic.Int32
 	var wg sync.WaitGroup
 	for range 6 {
 		wg.Go(func() {
 			l := newLock(t, cp.Config, fastConfig(ns, "in-process", ""))
 			for range 3 {
 				err := l.Run(context.Background(), func(ctx context.Context) error {
-					n := inside.Add(1)
-					for {
-						m := maxInside.Load()
-						if n <= m || maxInside.CompareAndSwap(m, n) {
-							break
-						}
-					}
+					inside.enter()
 					time.Sleep(10 * time.Millisecond)
-					inside.Add(-1)
+					inside.leave()
 					runs.Add(1)
 					return nil
 				})
@@ -88,8 +95,8 @@ func TestEngineRunExcludesGoroutines(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if runs.Load() != 18 || maxInside.Load() != 1 {
-		t.Errorf("%d runs with at most %d inside at once, want 18 with 1", runs.Load(), maxInside.Load())
+	if runs.Load() != 18 || inside.most.Load() != 1 {
+		t.Errorf("%d runs with at most %d inside at once, want 18 with 1", runs.Load(), inside.most.Load())
 	}
 }
 

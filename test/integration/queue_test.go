@@ -51,7 +51,8 @@ func unthrottled() *rest.Config {
 func TestCountingLockNeverExceedsItsCount(t *testing.T) {
 	ns := namespace(t)
 	const contenders, rounds, count = 20, 25, 3
-	var inside, maxInside, runs atomic.Int32
+	var inside insiders
+	var runs atomic.Int32
 	var tokens sync.Map
 	var wg sync.WaitGroup
 	for i := range contenders {
@@ -68,11 +69,9 @@ func TestCountingLockNeverExceedsItsCount(t *testing.T) {
 				if _, dup := tokens.LoadOrStore(h.Token(), true); dup {
 					t.Errorf("fencing token %d given twice", h.Token())
 				}
-				n := inside.Add(1)
-				for m := maxInside.Load(); n > m && !maxInside.CompareAndSwap(m, n); m = maxInside.Load() {
-				}
+				inside.enter()
 				time.Sleep(20 * time.Millisecond)
-				inside.Add(-1)
+				inside.leave()
 				runs.Add(1)
 				if err := h.Release(context.Background()); err != nil {
 					t.Error(err)
@@ -81,11 +80,11 @@ func TestCountingLockNeverExceedsItsCount(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if runs.Load() != contenders*rounds || maxInside.Load() > count {
-		t.Fatalf("%d runs with at most %d inside at once, want %d with at most %d", runs.Load(), maxInside.Load(), contenders*rounds, count)
+	if runs.Load() != contenders*rounds || inside.most.Load() > count {
+		t.Fatalf("%d runs with at most %d inside at once, want %d with at most %d", runs.Load(), inside.most.Load(), contenders*rounds, count)
 	}
-	if maxInside.Load() < 2 {
-		t.Errorf("at most %d inside at once: the lock counts to %d, but never let more than one in", maxInside.Load(), count)
+	if inside.most.Load() < 2 {
+		t.Errorf("at most %d inside at once: the lock counts to %d, but never let more than one in", inside.most.Load(), count)
 	}
 	for i := range count {
 		name := klock.SlotNames("render", count)[i]
@@ -267,7 +266,8 @@ func TestQueueSkipsGoneWaiters(t *testing.T) {
 // it may only jump the line.
 func TestQueueAndRacersExclude(t *testing.T) {
 	ns := namespace(t)
-	var inside, maxInside, runs atomic.Int32
+	var inside insiders
+	var runs atomic.Int32
 	var wg sync.WaitGroup
 	for i := range 6 {
 		wg.Go(func() {
@@ -278,11 +278,9 @@ func TestQueueAndRacersExclude(t *testing.T) {
 			l := newLock(t, cp.Config, cfg)
 			for range 5 {
 				err := l.Run(context.Background(), func(context.Context) error {
-					n := inside.Add(1)
-					for m := maxInside.Load(); n > m && !maxInside.CompareAndSwap(m, n); m = maxInside.Load() {
-					}
+					inside.enter()
 					time.Sleep(10 * time.Millisecond)
-					inside.Add(-1)
+					inside.leave()
 					runs.Add(1)
 					return nil
 				})
@@ -293,8 +291,8 @@ func TestQueueAndRacersExclude(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if runs.Load() != 30 || maxInside.Load() != 1 {
-		t.Errorf("%d runs with at most %d inside at once, want 30 with 1", runs.Load(), maxInside.Load())
+	if runs.Load() != 30 || inside.most.Load() != 1 {
+		t.Errorf("%d runs with at most %d inside at once, want 30 with 1", runs.Load(), inside.most.Load())
 	}
 }
 
