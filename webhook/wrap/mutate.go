@@ -89,6 +89,16 @@ func WrappedByAnyVersion(pod *corev1.Pod, opts Options) bool {
 	return ok && at == 0
 }
 
+// wrappedAt is recognise with the configured image, for Mutate. Only a
+// pod with an installer can be wrapped already: a fresh pod is spared the
+// check, which parses its annotations as klock does.
+func (opts Options) wrappedAt(pod *corev1.Pod) (target, at int, ok bool) {
+	if !slices.ContainsFunc(pod.Spec.InitContainers, func(c corev1.Container) bool { return c.Name == InitContainerName }) {
+		return 0, 0, false
+	}
+	return recognise(pod, opts, func(image string) bool { return image == opts.Image })
+}
+
 // repository is an image reference without its tag and digest.
 func repository(image string) string {
 	image, _, _ = strings.Cut(image, "@")
@@ -285,7 +295,7 @@ func Mutate(pod *corev1.Pod, opts Options, image *ImageCommand) (warnings []stri
 	if !Wants(pod) {
 		return nil, nil
 	}
-	if target, at, ok := recognise(pod, opts, func(image string) bool { return image == opts.Image }); ok {
+	if target, at, ok := opts.wrappedAt(pod); ok {
 		if at == 0 {
 			return nil, nil
 		}
