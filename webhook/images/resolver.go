@@ -110,7 +110,7 @@ func WithAPIServer(hostOrURL string) Option {
 }
 
 // NewResolver returns a resolver that reads pull secrets with
-// client, picks platform for images that have several unless the pod's
+// client (none when nil: registries are then read anonymously), picks platform for images that have several unless the pod's
 // nodeSelector names an OS or architecture, and caches up to cacheSize
 // configs. Every response body is capped (see MaxContentBytes), each
 // resolution ends after DefaultTimeout unless WithTimeout says otherwise,
@@ -357,6 +357,9 @@ func knownCodes(terr *transport.Error) string {
 }
 
 func (r *Resolver) keychain(ctx context.Context, pod *corev1.Pod) (authn.Keychain, error) {
+	if r.client == nil {
+		return authn.NewMultiKeychain(), nil // anonymous: no pull secrets are read
+	}
 	var secrets []string
 	for _, s := range pod.Spec.ImagePullSecrets {
 		secrets = append(secrets, s.Name)

@@ -24,13 +24,11 @@ import (
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -170,46 +168,13 @@ func addAdmission(ctx context.Context, mgr ctrl.Manager, server ctrlwebhook.Serv
 }
 
 // pullSecretsClient is what the image resolver reads pull secrets with:
-// clientset, or with read false one to which every Secret and
-// ServiceAccount is missing, without a request, so that the resolver goes
-// to registries anonymously and the webhook needs no RBAC on Secrets.
+// clientset, or nil with read false, so that the resolver goes to
+// registries anonymously and the webhook needs no RBAC on Secrets.
 func pullSecretsClient(clientset kubernetes.Interface, read bool) kubernetes.Interface {
 	if read {
 		return clientset
 	}
-	return noPullSecrets{clientset}
-}
-
-// noPullSecrets is a clientset whose core/v1 Secrets and ServiceAccounts
-// are all not found; the resolver's keychain ignores missing ones.
-type noPullSecrets struct{ kubernetes.Interface }
-
-func (c noPullSecrets) CoreV1() corev1client.CoreV1Interface {
-	return noPullSecretsCore{c.Interface.CoreV1()}
-}
-
-type noPullSecretsCore struct{ corev1client.CoreV1Interface }
-
-func (c noPullSecretsCore) Secrets(ns string) corev1client.SecretInterface {
-	return noSecrets{c.CoreV1Interface.Secrets(ns)}
-}
-
-func (c noPullSecretsCore) ServiceAccounts(ns string) corev1client.ServiceAccountInterface {
-	return noServiceAccounts{c.CoreV1Interface.ServiceAccounts(ns)}
-}
-
-type noSecrets struct{ corev1client.SecretInterface }
-
-func (noSecrets) Get(_ context.Context, name string, _ metav1.GetOptions) (*corev1.Secret, error) {
-	return nil, apierrors.NewNotFound(corev1.Resource("secrets"), name)
-}
-
-type noServiceAccounts struct {
-	corev1client.ServiceAccountInterface
-}
-
-func (noServiceAccounts) Get(_ context.Context, name string, _ metav1.GetOptions) (*corev1.ServiceAccount, error) {
-	return nil, apierrors.NewNotFound(corev1.Resource("serviceaccounts"), name)
+	return nil
 }
 
 // watchPolicies starts, with the cache, the informers of what the pod
