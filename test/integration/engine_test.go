@@ -46,6 +46,23 @@ func (c *insiders) enter() {
 
 func (c *insiders) leave() { c.now.Add(-1) }
 
+// runInside runs a 10ms critical section under l, times times, noting who
+// is inside and counting the runs.
+func runInside(t *testing.T, l *klock.Lock, times int, inside *insiders, runs *atomic.Int32) {
+	for range times {
+		err := l.Run(context.Background(), func(context.Context) error {
+			inside.enter()
+			time.Sleep(10 * time.Millisecond)
+			inside.leave()
+			runs.Add(1)
+			return nil
+		})
+		if err != nil {
+			t.Error(err)
+		}
+	}
+}
+
 // acquireAndRelease acquires l in the background and releases at once.
 func acquireAndRelease(ctx context.Context, l *klock.Lock) <-chan error {
 	got := make(chan error, 1)
@@ -79,19 +96,7 @@ func TestEngineRunExcludesGoroutines(t *testing.T) {
 	var wg sync.WaitGroup
 	for range 6 {
 		wg.Go(func() {
-			l := newLock(t, cp.Config, fastConfig(ns, "in-process", ""))
-			for range 3 {
-				err := l.Run(context.Background(), func(ctx context.Context) error {
-					inside.enter()
-					time.Sleep(10 * time.Millisecond)
-					inside.leave()
-					runs.Add(1)
-					return nil
-				})
-				if err != nil {
-					t.Error(err)
-				}
-			}
+			runInside(t, newLock(t, cp.Config, fastConfig(ns, "in-process", "")), 3, &inside, &runs)
 		})
 	}
 	wg.Wait()

@@ -17,6 +17,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -581,6 +582,22 @@ func startWebhookUntil(t *testing.T, configure ...func(*server.Options)) (stop f
 	return stop
 }
 
+// editPolicy changes p on the API server, reading it again when the policy
+// controller wrote its status in between.
+func editPolicy(t *testing.T, c client.Client, p *klockv1alpha1.ClusterLockPolicy, edit func(*klockv1alpha1.ClusterLockPolicy)) {
+	t.Helper()
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := c.Get(context.Background(), client.ObjectKeyFromObject(p), p); err != nil {
+			return err
+		}
+		edit(p)
+		return c.Update(context.Background(), p)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestLeaseAccess(t *testing.T) {
 	ctx := context.Background()
 	c := policyClient(t)
@@ -670,13 +687,7 @@ func TestLeaseAccess(t *testing.T) {
 		if may("update", "cronjob-report-1", "leases") {
 			t.Error("runner may update a slot its mutex does not have")
 		}
-		if err := c.Get(ctx, client.ObjectKeyFromObject(p), p); err != nil {
-			t.Fatal(err)
-		}
-		p.Spec.MaxHolders = 3
-		if err := c.Update(ctx, p); err != nil {
-			t.Fatal(err)
-		}
+		editPolicy(t, c, p, func(p *klockv1alpha1.ClusterLockPolicy) { p.Spec.MaxHolders = 3 })
 		framework.Eventually(t, 30*time.Second, "runner may update Lease cronjob-report-2", func() bool { return may("update", "cronjob-report-2", "leases") })
 		for _, lease := range []string{"cronjob-report", "cronjob-report-1", "cronjob-report-queue"} {
 			if !may("update", lease, "leases") {
@@ -687,24 +698,12 @@ func TestLeaseAccess(t *testing.T) {
 			t.Error("runner may update cronjob-report-3, beyond its lock's 3 slots")
 		}
 		// Back to a mutex, which cleanupLease below needs.
-		if err := c.Get(ctx, client.ObjectKeyFromObject(p), p); err != nil {
-			t.Fatal(err)
-		}
-		p.Spec.MaxHolders = 0
-		if err := c.Update(ctx, p); err != nil {
-			t.Fatal(err)
-		}
+		editPolicy(t, c, p, func(p *klockv1alpha1.ClusterLockPolicy) { p.Spec.MaxHolders = 0 })
 		framework.Eventually(t, 30*time.Second, "runner may no longer update Lease cronjob-report-2", func() bool { return !may("update", "cronjob-report-2", "leases") })
 	})
 
 	t.Run("cleanup-lease adds delete", func(t *testing.T) {
-		if err := c.Get(ctx, client.ObjectKeyFromObject(p), p); err != nil {
-			t.Fatal(err)
-		}
-		p.Spec.CleanupLease = true
-		if err := c.Update(ctx, p); err != nil {
-			t.Fatal(err)
-		}
+		editPolicy(t, c, p, func(p *klockv1alpha1.ClusterLockPolicy) { p.Spec.CleanupLease = true })
 		framework.Eventually(t, 30*time.Second, "runner may delete its Lease", func() bool { return may("delete", "cronjob-report", "leases") })
 	})
 

@@ -275,19 +275,7 @@ func TestQueueAndRacersExclude(t *testing.T) {
 			if i%2 == 0 {
 				cfg.Order = klock.OrderAny
 			}
-			l := newLock(t, cp.Config, cfg)
-			for range 5 {
-				err := l.Run(context.Background(), func(context.Context) error {
-					inside.enter()
-					time.Sleep(10 * time.Millisecond)
-					inside.leave()
-					runs.Add(1)
-					return nil
-				})
-				if err != nil {
-					t.Error(err)
-				}
-			}
+			runInside(t, newLock(t, cp.Config, cfg), 5, &inside, &runs)
 		})
 	}
 	wg.Wait()
