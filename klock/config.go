@@ -98,6 +98,19 @@ type Config struct {
 	// sign of life: a waiter renews it every QueueTTL/3, and one that has
 	// died loses it QueueTTL after its last renewal. Default 60s.
 	QueueTTL time.Duration
+	// Reservation, when set, makes this contender reserve the lock for
+	// Identity instead of holding it for itself: for a process under
+	// Identity that has yet to start, such as a pod that waits for its
+	// lock at the scheduler. Every write of its marks the Lease with
+	// AnnotationReservation set to this value. The process under Identity
+	// takes a reserved Lease over with its first write, which clears the
+	// mark, as a new acquisition of its own (not a re-entrant one), with
+	// a fencing token above the reservation's; the reservation's Hold then
+	// ends with an error matching ErrTakenOver, and an acquisition through
+	// this Config returns one. Until the takeover the Lease stays held
+	// under Identity, so no other contender gets in between; if either
+	// side dies, the Lease expires a lease duration after its last write.
+	Reservation string
 	// Clock gives the times klock writes into the Lease; the real clock
 	// when unset. Expiry is never judged by comparing them with another
 	// machine's clock, so contenders whose clocks disagree still exclude

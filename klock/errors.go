@@ -16,7 +16,22 @@ var (
 	// ErrLost is matched by Hold.Err once the Lease could not be renewed in
 	// time or was taken by somebody else.
 	ErrLost = errors.New("lease lost")
+	// ErrTakenOver is matched by the Hold.Err of a reservation
+	// (Config.Reservation) once the process it was made for has taken the
+	// Lease over as its own hold, and by an acquisition of a reservation
+	// that finds that done already. It matches ErrLost too: the
+	// reservation's Hold ends there, with nothing to release.
+	ErrTakenOver = errors.New("reservation taken over by its holder")
 )
+
+// takenOverError is ErrTakenOver with the Lease it concerns.
+type takenOverError struct{ namespace, name, holder string }
+
+func (e *takenOverError) Error() string {
+	return fmt.Sprintf("lease %s/%s: the reservation for %q was taken over by its holder", e.namespace, e.name, e.holder)
+}
+
+func (e *takenOverError) Is(target error) bool { return target == ErrTakenOver || target == ErrLost }
 
 // HeldError reports that the Lease was held by another holder when an
 // acquisition gave up.

@@ -174,7 +174,11 @@ func (h *Hold) renewLoop(ctx context.Context, lastRenew time.Time, timer *time.T
 }
 
 func (h *Hold) fail(err error) {
-	h.lock.log.Info("Lost the lease", "err", err.Error())
+	if errors.Is(err, ErrTakenOver) {
+		h.lock.log.V(1).Info("The reservation was taken over by its holder")
+	} else {
+		h.lock.log.Info("Lost the lease", "err", err.Error())
+	}
 	h.err = err
 	close(h.lost)
 }
@@ -237,6 +241,11 @@ func (h *Hold) stillOurs(ctx context.Context) (*coordinationv1.Lease, error) {
 	}
 	if holder := recordOf(cur).holder; holder != cfg.Identity {
 		return nil, fmt.Errorf("%w: lease %s/%s is now held by %q", ErrLost, cfg.Namespace, cfg.Name, holder)
+	}
+	if cfg.Reservation != "" && cur.Annotations[AnnotationReservation] == "" {
+		// The process the lock was reserved for took it over: the
+		// reservation ends here, and must not write again.
+		return nil, &takenOverError{cfg.Namespace, cfg.Name, cfg.Identity}
 	}
 	rt := cur.Spec.RenewTime
 	if !h.unanswered.has(rt) && !(rt != nil && h.lease.Spec.RenewTime != nil && rt.Equal(h.lease.Spec.RenewTime)) {

@@ -331,9 +331,20 @@ func (l *Lock) attempt(ctx context.Context, lease *coordinationv1.Lease, age tim
 	// wrote, zero for no join; a lost write remembers whether it was one.
 	var joined time.Time
 	own := st == stateOurs && l.unanswered.has(lease.Spec.RenewTime)
+	reserved := st == stateOurs && lease.Annotations[AnnotationReservation] != ""
 	switch {
 	case own:
 		joined = l.unanswered.joined(lease.Spec.RenewTime)
+	case st == stateOurs && l.cfg.Reservation != "" && !reserved:
+		// Held under the identity without the mark: the process the lock
+		// was reserved for has taken it over, and a reservation made now
+		// would share its hold and outlive it.
+		return nil, permanentError{&takenOverError{l.cfg.Namespace, l.cfg.Name, l.cfg.Identity}}
+	case reserved && l.cfg.Reservation == "":
+		// Reserved for this identity: take it over as a new hold of our
+		// own, whatever duration it was made with. Nobody else could take
+		// the Lease meanwhile, and nobody shares it from here on: the
+		// reservation's holder stops when it sees its mark gone.
 	case st == stateOurs:
 		if l.obs.record.duration != l.cfg.LeaseDuration {
 			// Both would renew the Lease with their own duration, and the
@@ -489,6 +500,14 @@ func (l *Lock) acquisition(lease *coordinationv1.Lease, st state, now time.Time)
 	// Every holder records the lock's count, so that a contender with
 	// another is told (checkCount); a mutex's first Lease records none.
 	setMaxHolders(next, l.cfg.MaxHolders)
+	if l.cfg.Reservation != "" {
+		if next.Annotations == nil {
+			next.Annotations = map[string]string{}
+		}
+		next.Annotations[AnnotationReservation] = l.cfg.Reservation
+	} else {
+		delete(next.Annotations, AnnotationReservation) // taken over, or never reserved
+	}
 	if l.lockOf != "" {
 		if next.Annotations == nil {
 			next.Annotations = map[string]string{}

@@ -19,6 +19,10 @@ import (
 // fencing token of its acquisition, for klock status to show.
 const AnnotationFencingToken = "klock.io/fencing-token"
 
+// AnnotationReservation marks a holder slot held for a process that has
+// yet to start (see Config.Reservation), with the reserver's value.
+const AnnotationReservation = "klock.io/reservation"
+
 // LockStatus is what klock status shows of one lock. Its JSON form is the
 // stable schema of `klock status -o json`.
 type LockStatus struct {
@@ -55,6 +59,10 @@ type HolderStatus struct {
 	// Abandoned says it has been silent for its whole lease duration: it
 	// looks dead, and the next contender may take its place.
 	Abandoned bool `json:"abandoned"`
+	// Reserved says the slot is held for a process that has yet to start
+	// (a pod the scheduler holds until its lock is free), which takes it
+	// over when it starts.
+	Reserved bool `json:"reserved,omitempty"`
 }
 
 // WaiterStatus is one waiter in a lock's queue.
@@ -118,6 +126,7 @@ func Locks(leases []coordinationv1.Lease, date, now time.Time) []LockStatus {
 		silent := silence(l, date, now)
 		h.SilentSeconds = silent.Seconds()
 		h.Abandoned = silent >= r.duration
+		h.Reserved = l.Annotations[AnnotationReservation] != ""
 		h.FencingToken, _ = strconv.ParseUint(l.Annotations[AnnotationFencingToken], 10, 64)
 		s.Holders = append(s.Holders, h)
 	}

@@ -331,7 +331,11 @@ func printTable(w io.Writer, locks []klock.LockStatus, ref time.Time, allNamespa
 			if h.FencingToken != 0 {
 				token = strconv.FormatUint(h.FencingToken, 10)
 			}
-			row(append(lock, "holder", cell(h.Identity), since(ref, h.Since), renewed, token, state(h.Abandoned))...)
+			st := state(h.Abandoned)
+			if h.Reserved && !h.Abandoned {
+				st = "reserved" // for a pod the scheduler has just let through
+			}
+			row(append(lock, "holder", cell(h.Identity), since(ref, h.Since), renewed, token, st)...)
 		}
 		for i, wt := range l.Waiters {
 			row(append(lock, fmt.Sprintf("waiting #%d", i+1), cell(wt.Identity), since(ref, &wt.Since), "-", "-", state(wt.Abandoned))...)

@@ -36,6 +36,11 @@ func (v durationValue) Set(s string) error {
 	return nil
 }
 
+// ParseDuration parses a duration as klock's flags do, so that other front
+// ends, such as the admission webhook's annotations that are not klock
+// flags, take durations written the same way.
+func ParseDuration(s string) (time.Duration, error) { return parseDuration(s) }
+
 func parseDuration(s string) (time.Duration, error) {
 	if secs, err := strconv.ParseFloat(s, 64); err == nil {
 		if math.IsNaN(secs) || secs < 0 || secs > float64(1<<62)/float64(time.Second) {
