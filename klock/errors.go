@@ -22,6 +22,13 @@ var (
 	// that finds that done already. It matches ErrLost too: the
 	// reservation's Hold ends there, with nothing to release.
 	ErrTakenOver = errors.New("reservation taken over by its holder")
+	// ErrKeepPlace, as the cause (context.WithCancelCause) that ends a
+	// waiting acquisition, makes the waiter keep its place in the lock's
+	// queue instead of leaving it: another process goes on waiting under
+	// the same identity (a new leader of the gate controller, or the
+	// pod's own klock), and finds the place its own. A place nobody takes
+	// up is dropped after its queue TTL, as a dead waiter's.
+	ErrKeepPlace = errors.New("the wait goes on in another process under the same identity")
 )
 
 // takenOverError is ErrTakenOver with the Lease it concerns.
@@ -72,6 +79,11 @@ func (e *HeldError) Unwrap() error        { return e.Cause }
 type permanentError struct{ error }
 
 func (e permanentError) Unwrap() error { return e.error }
+
+// Permanent reports whether err, returned by an acquisition, is one that
+// trying again cannot fix: no permission, a lock in use under another
+// holder count, a request the API server rejects.
+func Permanent(err error) bool { return permanent(err) }
 
 // permanent tells errors that retrying cannot fix (no permission, no
 // namespace, a request the server rejects) from passing ones.

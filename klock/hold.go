@@ -111,6 +111,19 @@ func (h *Hold) Release(ctx context.Context) error {
 	return h.releaseErr
 }
 
+// Abandon stops renewing without giving the Lease back, for a holder that
+// hands its hold to another process under the same identity: a reserver
+// that shuts down leaves its reservation for the next to adopt. The Lease
+// expires a lease duration after its last renewal unless that process
+// renews it. Release afterwards does nothing.
+func (h *Hold) Abandon() {
+	h.releaseOnce.Do(func() {
+		h.cancel()
+		<-h.done
+		h.lock.active.CompareAndSwap(h, nil)
+	})
+}
+
 // sharing reports whether another process under the same identity may
 // still hold the Lease: it wrote within the last lease duration, and
 // renews more often than that while it lives. Callers hold h.mu.
@@ -262,6 +275,7 @@ func releasedLease(lease *coordinationv1.Lease, now time.Time) *coordinationv1.L
 	next.Spec.HolderIdentity = ptr("")
 	next.Spec.LeaseDurationSeconds = ptr(int32(1))
 	next.Spec.AcquireTime, next.Spec.RenewTime = &ts, &ts
+	delete(next.Annotations, AnnotationReservation)
 	return next
 }
 

@@ -331,7 +331,16 @@ func (l *Lock) attempt(ctx context.Context, lease *coordinationv1.Lease, age tim
 	// wrote, zero for no join; a lost write remembers whether it was one.
 	var joined time.Time
 	own := st == stateOurs && l.unanswered.has(lease.Spec.RenewTime)
-	reserved := st == stateOurs && lease.Annotations[AnnotationReservation] != ""
+	mark := ""
+	if st == stateOurs {
+		mark = lease.Annotations[AnnotationReservation]
+	}
+	reserved := mark != ""
+	if reserved && l.cfg.Reservation != "" && mark != l.cfg.Reservation {
+		// Reserved for another process of the same name (a pod since
+		// deleted, whose successor took its name): not ours to join.
+		return nil, l.heldError()
+	}
 	switch {
 	case own:
 		joined = l.unanswered.joined(lease.Spec.RenewTime)
@@ -505,8 +514,11 @@ func (l *Lock) acquisition(lease *coordinationv1.Lease, st state, now time.Time)
 			next.Annotations = map[string]string{}
 		}
 		next.Annotations[AnnotationReservation] = l.cfg.Reservation
-	} else {
-		delete(next.Annotations, AnnotationReservation) // taken over, or never reserved
+	} else if _, ok := next.Annotations[AnnotationReservation]; ok {
+		// A takeover: the token recorded is the reservation's, and this
+		// holder's own is known once written.
+		delete(next.Annotations, AnnotationReservation)
+		delete(next.Annotations, AnnotationFencingToken)
 	}
 	if l.lockOf != "" {
 		if next.Annotations == nil {

@@ -105,7 +105,7 @@ func (l *Lock) acquireSet(ctx context.Context, wait bool) (*Hold, error) {
 	defer beat.Stop()
 	defer resync.Stop()
 	defer func() {
-		if (joined || tried) && !acquired {
+		if (joined || tried) && !acquired && !errors.Is(context.Cause(ctx), ErrKeepPlace) {
 			// A waiter that gives up leaves its place at once. Best
 			// effort: a place left behind is dropped after QueueTTL.
 			lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.cfg.RenewDeadline)

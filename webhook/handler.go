@@ -139,6 +139,10 @@ func (h *PodHandler) handle(ctx context.Context, req admission.Request) (admissi
 	}
 	warnings = append(warnings, wrap.UnknownKeys(pod.Annotations)...)
 	if !wrap.Wants(pod) {
+		// Only a pod klock wraps is ever let through klock's gate.
+		if err := wrap.ForeignGate(pod); err != nil {
+			return admission.Denied(err.Error()), outcomeDenied
+		}
 		return admission.Allowed("").WithWarnings(warnings...), outcomeSkipped
 	}
 	return h.wrapPod(ctx, pod, original, applied, warnings)

@@ -53,6 +53,7 @@ func TestPodHandler(t *testing.T) {
 		patched  bool
 		outcome  string
 		contains string
+		off      bool // --gating=off
 	}{
 		{name: "undecodable", req: podRequest(admissionv1.Create, []byte("{not json")), code: http.StatusBadRequest, outcome: outcomeError},
 		{name: "not annotated", req: podRequest(admissionv1.Create, rawPod(t, builders.MakePod("p", "").Container("app", "busybox", "true").Obj())), allowed: true, outcome: outcomeSkipped},
@@ -62,8 +63,18 @@ func TestPodHandler(t *testing.T) {
 		{name: "a pod of another namespace than the request's", req: podRequest(admissionv1.Create, rawPod(t, builders.MakePod("p", "victim").Lease("x").Container("app", "busybox", "true").Obj())),
 			code: http.StatusBadRequest, outcome: outcomeError, contains: "namespace"},
 		{name: "not a create", req: podRequest(admissionv1.Update, rawPod(t, builders.MakePod("p", "").Lease("x").Container("app", "busybox", "true").Obj())), allowed: true, outcome: outcomeSkipped},
+		{name: "klock's scheduling gate on a pod klock does not wrap", req: podRequest(admissionv1.Create, rawPod(t, builders.MakePod("p", "").SchedulingGate(wrap.SchedulingGate).Container("app", "busybox", "true").Obj())),
+			code: http.StatusForbidden, outcome: outcomeDenied, contains: "the scheduling gate klock.io/lock is klock's, and only a pod klock wraps (annotated klock.io/lease) is ever let through it: remove the gate"},
+		{name: "gating is off, and the pod asks for it", req: podRequest(admissionv1.Create, rawPod(t, builders.MakePod("p", "").Lease("x").Annotation(wrap.AnnotationGate, "true").Container("app", "busybox", "true").Obj())),
+			code: http.StatusForbidden, outcome: outcomeDenied, contains: "gating is off in this cluster", off: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			h := h
+			if tc.off {
+				opts := testOptions
+				opts.Gating = wrap.GatingOff
+				h = NewPodHandler(Scheme(), opts, nil, nil)
+			}
 			before := testutil.ToFloat64(admissions.WithLabelValues("Pod", tc.outcome))
 			resp := h.Handle(context.Background(), tc.req)
 			if resp.Allowed != tc.allowed || (len(resp.Patches) > 0) != tc.patched {
@@ -172,6 +183,29 @@ func TestPodHandlerPolicies(t *testing.T) {
 		}
 	})
 
+	t.Run("a policy's gate gates the pod, unless gating is off", func(t *testing.T) {
+		source := policySource{policies: []*klockv1alpha1.ClusterLockPolicy{builders.MakePolicy("gated").Gate(true).Obj()}, workload: cronJob}
+		resp := NewPodHandler(Scheme(), testOptions, nil, nil).WithPolicies(source).Handle(context.Background(), plain)
+		if !resp.Allowed {
+			t.Fatalf("denied: %+v", resp.Result)
+		}
+		var pod corev1.Pod
+		if err := json.Unmarshal(apply(t, plain.Object.Raw, resp), &pod); err != nil {
+			t.Fatal(err)
+		}
+		if !wrap.Gated(&pod) || pod.Labels[wrap.LabelGated] != "true" || pod.Annotations[wrap.AnnotationGate] != "true" {
+			t.Errorf("not gated: gates %v, labels %v, annotations %v", pod.Spec.SchedulingGates, pod.Labels, pod.Annotations)
+		}
+
+		off := testOptions
+		off.Gating = wrap.GatingOff
+		resp = NewPodHandler(Scheme(), off, nil, nil).WithPolicies(source).Handle(context.Background(), plain)
+		if resp.Allowed || !strings.Contains(resp.Result.Message, "wrapping the pod for ClusterLockPolicy gated") ||
+			!strings.Contains(resp.Result.Message, "spec.gate of the ClusterLockPolicy that sets it") {
+			t.Errorf("gating off: allowed %v, result %+v", resp.Allowed, resp.Result)
+		}
+	})
+
 	t.Run("a denial for a policy's values names the policy", func(t *testing.T) {
 		p := builders.MakePolicy("strict").Obj()
 		p.Spec.Container = "missing"
@@ -251,6 +285,70 @@ func TestPodPatchKeepsUnknownFields(t *testing.T) {
 	}
 }
 
+// The patch gates a pod as wrap.Mutate does: klock's scheduling gate
+// after the pod's own, whose fields the webhook's types may not know, and
+// the label, beside the pod's own; called again, it changes nothing.
+func TestPodPatchGates(t *testing.T) {
+	opts := testOptions
+	opts.Gating = wrap.GatingDefault
+	h := NewPodHandler(Scheme(), opts, nil, nil)
+	for _, tc := range []struct {
+		name  string
+		raw   string
+		gates []any
+		label map[string]any
+	}{
+		{name: "a pod with neither gates nor labels",
+			raw:   `{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","annotations":{"klock.io/lease":"x"}},"spec":{"containers":[{"name":"app","image":"busybox","command":["work"]}]}}`,
+			gates: []any{map[string]any{"name": "klock.io/lock"}},
+			label: map[string]any{"klock.io/gated": "true"}},
+		{name: "a pod with gates and labels of its own",
+			raw: `{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","labels":{"app":"web"},"annotations":{"klock.io/lease":"x"}},
+				"spec":{"schedulingGates":[{"name":"example.com/quota","futureField":1}],"containers":[{"name":"app","image":"busybox","command":["work"]}]}}`,
+			gates: []any{map[string]any{"name": "example.com/quota", "futureField": float64(1)}, map[string]any{"name": "klock.io/lock"}},
+			label: map[string]any{"app": "web", "klock.io/gated": "true"}},
+		{name: "a pod with klock's gate already",
+			raw:   `{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","annotations":{"klock.io/lease":"x"}},"spec":{"schedulingGates":[{"name":"klock.io/lock"}],"containers":[{"name":"app","image":"busybox","command":["work"]}]}}`,
+			gates: []any{map[string]any{"name": "klock.io/lock"}},
+			label: map[string]any{"klock.io/gated": "true"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			raw := []byte(tc.raw)
+			resp := h.Handle(context.Background(), podRequest(admissionv1.Create, raw))
+			if !resp.Allowed {
+				t.Fatalf("denied: %+v", resp.Result)
+			}
+			raw = apply(t, raw, resp)
+			var got struct {
+				Metadata struct {
+					Labels map[string]any `json:"labels"`
+				} `json:"metadata"`
+				Spec struct {
+					SchedulingGates []any `json:"schedulingGates"`
+					Containers      []struct {
+						Command []string `json:"command"`
+					} `json:"containers"`
+				} `json:"spec"`
+			}
+			if err := json.Unmarshal(raw, &got); err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tc.gates, got.Spec.SchedulingGates); diff != "" {
+				t.Errorf("schedulingGates (-want,+got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tc.label, got.Metadata.Labels); diff != "" {
+				t.Errorf("labels (-want,+got):\n%s", diff)
+			}
+			if want := []string{wrap.BinaryPath, "--lease=x", "--", "work"}; !cmp.Equal(want, got.Spec.Containers[0].Command) {
+				t.Errorf("command %q, want %q", got.Spec.Containers[0].Command, want)
+			}
+			if resp := h.Handle(context.Background(), podRequest(admissionv1.Create, raw)); !resp.Allowed || len(resp.Patches) > 0 {
+				t.Errorf("called again: allowed %v, patches %v", resp.Allowed, resp.Patches)
+			}
+		})
+	}
+}
+
 // Called again after another webhook put its wrapper in front of klock
 // (reinvocation), the handler puts klock back in front; called once more,
 // it changes nothing.
@@ -290,7 +388,7 @@ func TestTypoWarnings(t *testing.T) {
 	resp := h.Handle(context.Background(), podRequest(admissionv1.Create, rawPod(t, pod)))
 	want := []string{
 		`annotation "klock.io/wiat" is not one klock knows, and is ignored: did you mean klock.io/wait?`,
-		`annotation "klock.io/zzzzzzzzzzzz" is not one klock knows, and is ignored: klock reads klock.io/lease, klock.io/container, klock.io/wait, klock.io/conflict-exit-code, klock.io/lease-duration, klock.io/renew-deadline, klock.io/retry-period, klock.io/signal, klock.io/kill-after, klock.io/cleanup-lease, klock.io/labels, klock.io/max-holders, klock.io/order, klock.io/skip`,
+		`annotation "klock.io/zzzzzzzzzzzz" is not one klock knows, and is ignored: klock reads klock.io/lease, klock.io/container, klock.io/wait, klock.io/conflict-exit-code, klock.io/lease-duration, klock.io/renew-deadline, klock.io/retry-period, klock.io/signal, klock.io/kill-after, klock.io/cleanup-lease, klock.io/labels, klock.io/max-holders, klock.io/order, klock.io/gate, klock.io/start-timeout, klock.io/skip`,
 	}
 	if !resp.Allowed || !cmp.Equal(want, []string(resp.Warnings)) {
 		t.Errorf("allowed %v, warnings (-want,+got):\n%s", resp.Allowed, cmp.Diff(want, []string(resp.Warnings)))

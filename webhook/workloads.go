@@ -121,7 +121,9 @@ func (h *WorkloadHandler) handle(req admission.Request) (admission.Response, str
 		return admission.Allowed("").WithWarnings(warnings...), outcomeSkipped
 	}
 	if _, wants := template.Annotations[wrap.AnnotationLease]; wants {
-		if _, errs := wrap.Flags(template.Annotations); len(errs) > 0 {
+		_, errs := wrap.Flags(template.Annotations)
+		errs = append(errs, wrap.CheckGate(template.Annotations)...)
+		if len(errs) > 0 {
 			return admission.Denied(fmt.Sprintf("%s (on %s %s, whose pods would all be denied)", errs.ToAggregate(), req.Kind.Kind, req.Name)), outcomeDenied
 		}
 	}

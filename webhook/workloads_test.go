@@ -1,12 +1,19 @@
 package webhook
 
 import (
+	"context"
+	"encoding/json"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	admissionv1 "k8s.io/api/admission/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/klock-io/klock/webhook/wrap"
 )
@@ -78,6 +85,46 @@ func TestRolloutWarnings(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := len(RolloutWarnings(tc.d)) > 0; got != tc.warn {
 				t.Errorf("warned = %v, want %v", got, tc.warn)
+			}
+		})
+	}
+}
+
+// A workload whose gate annotations every one of its pods would be denied
+// for is denied itself, naming them; good ones are copied like any other.
+func TestWorkloadHandlerGate(t *testing.T) {
+	h := NewWorkloadHandler(Scheme())
+	for _, tc := range []struct {
+		name        string
+		annotations map[string]string
+		want        string // in the denial; empty: allowed
+	}{
+		{name: "good values", annotations: map[string]string{wrap.AnnotationLease: "x", wrap.AnnotationGate: "true", wrap.AnnotationStartTimeout: "2m"}},
+		{name: "a gate that is not a boolean", annotations: map[string]string{wrap.AnnotationLease: "x", wrap.AnnotationGate: "sometimes"},
+			want: `metadata.annotations[klock.io/gate]: Invalid value: "sometimes": must be "true" or "false" (on Deployment web, whose pods would all be denied)`},
+		{name: "a start timeout over a day", annotations: map[string]string{wrap.AnnotationLease: "x", wrap.AnnotationStartTimeout: "2d"},
+			want: `metadata.annotations[klock.io/start-timeout]: Invalid value: "2d"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := &appsv1.Deployment{TypeMeta: metav1.TypeMeta{APIVersion: "apps/v1", Kind: "Deployment"}, ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "ns", Annotations: tc.annotations}}
+			d.Spec.Template.Spec.Containers = []corev1.Container{{Name: "app", Image: "busybox"}}
+			raw, err := json.Marshal(d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp := h.Handle(context.Background(), admission.Request{AdmissionRequest: admissionv1.AdmissionRequest{
+				Operation: admissionv1.Create, Namespace: "ns", Name: "web",
+				Kind:   metav1.GroupVersionKind{Group: "apps", Version: "v1", Kind: "Deployment"},
+				Object: runtime.RawExtension{Raw: raw},
+			}})
+			if tc.want == "" {
+				if !resp.Allowed || len(resp.Patches) == 0 {
+					t.Errorf("allowed %v, %d patches: %+v", resp.Allowed, len(resp.Patches), resp.Result)
+				}
+				return
+			}
+			if resp.Allowed || !strings.Contains(resp.Result.Message, tc.want) {
+				t.Errorf("allowed %v, result %+v; want a denial containing %q", resp.Allowed, resp.Result, tc.want)
 			}
 		})
 	}

@@ -164,6 +164,26 @@ type ClusterLockPolicySpec struct {
 	// +optional
 	// +kubebuilder:validation:Enum=fifo;any
 	Order string `json:"order,omitempty"`
+
+	// Gate makes the selected pods wait for their lock SchedulingGated
+	// (klock.io/gate): created with the scheduling gate klock.io/lock, on
+	// no node and holding nothing, until the lock is reserved for them.
+	// Unset: the webhook's --gating decides (opt-in: not gated; default:
+	// gated). With --gating=off, a policy that sets true has its pods
+	// denied. A pod's own klock.io/gate overrides it, with or without
+	// allowSkip: where a pod waits does not change who holds the lock.
+	// +optional
+	Gate *bool `json:"gate,omitempty"`
+
+	// StartTimeout is how long a gated pod, once the lock is reserved for
+	// it and its gate removed, has to start and take the lock
+	// (klock.io/start-timeout): above 0, at most 24h; default 5m. A pod's
+	// own klock.io/start-timeout overrides it, as for gate.
+	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|ms|s|m|h))+$') && duration(self) > duration('0s') && duration(self) <= duration('24h')",message="must be a duration above 0 and at most 24h, such as 90s, 5m or 1h30m"
+	StartTimeout *metav1.Duration `json:"startTimeout,omitempty"`
 }
 
 // Condition types of a ClusterLockPolicy.

@@ -144,6 +144,43 @@ func TestHelmChart(t *testing.T) {
 				if find(objs, "ClusterRole", "klock-webhook-lease-access") != nil {
 					t.Error("Lease access RBAC without leaseAccess")
 				}
+				if args, _, _ := unstructured.NestedStringSlice(webhook, "args"); !slices.Contains(args, "--gating=opt-in") {
+					t.Errorf("args %q lack --gating=opt-in", args)
+				}
+				checkGateRBAC(t, objs, nil)
+			},
+		},
+		{
+			name:   "gating off: none of the gate controller's RBAC",
+			values: map[string]any{"gating": "off"},
+			check: func(t *testing.T, objs []*unstructured.Unstructured) {
+				for _, o := range objs {
+					if strings.HasPrefix(o.GetName(), "klock-webhook-gate") {
+						t.Errorf("%s %s/%s with gating off", o.GetKind(), o.GetNamespace(), o.GetName())
+					}
+					if o.GetKind() != "ClusterRole" && o.GetKind() != "Role" {
+						continue
+					}
+					if rule := rbacRule(o, "", "pods"); rule != nil && slices.Contains(rule["verbs"].([]any), "patch") {
+						t.Errorf("%s %s may patch pods with gating off", o.GetKind(), o.GetName())
+					}
+				}
+				containers, _, _ := unstructured.NestedSlice(find(objs, "Deployment", "klock-webhook").Object, "spec", "template", "spec", "containers")
+				if args, _, _ := unstructured.NestedStringSlice(containers[0].(map[string]any), "args"); !slices.Contains(args, "--gating=off") {
+					t.Errorf("args %q lack --gating=off", args)
+				}
+			},
+		},
+		{
+			name:       "gating by default, in some namespaces only",
+			values:     map[string]any{"gating": "default", "gatingNamespaces": []any{"team-a", "team-b"}},
+			namespaces: []string{"team-a", "team-b"},
+			check: func(t *testing.T, objs []*unstructured.Unstructured) {
+				checkGateRBAC(t, objs, []string{"team-a", "team-b"})
+				containers, _, _ := unstructured.NestedSlice(find(objs, "Deployment", "klock-webhook").Object, "spec", "template", "spec", "containers")
+				if args, _, _ := unstructured.NestedStringSlice(containers[0].(map[string]any), "args"); !slices.Contains(args, "--gating=default") {
+					t.Errorf("args %q lack --gating=default", args)
+				}
 			},
 		},
 		{
@@ -387,6 +424,8 @@ func TestHelmChart(t *testing.T) {
 		{name: "no replica", values: map[string]any{"webhook": map[string]any{"replicas": 0}}, want: "at '/webhook/replicas'"},
 		{name: "a misspelt value", values: map[string]any{"webhok": map[string]any{}}, want: "webhok"},
 		{name: "an unknown lease access", values: map[string]any{"leaseAccess": "some"}, want: "at '/leaseAccess': value must be one of 'off', 'policy', 'all'"},
+		{name: "an unknown gating", values: map[string]any{"gating": "always"}, want: "at '/gating': value must be one of 'off', 'opt-in', 'default'"},
+		{name: "a gating namespace named twice", values: map[string]any{"gatingNamespaces": []any{"a", "a"}}, want: "at '/gatingNamespaces'"},
 		{name: "lease access without policies", values: map[string]any{"leaseAccess": "all", "policies": map[string]any{"enabled": false}}, want: "leaseAccess needs policies.enabled"},
 		{name: "secret mode without a secret", values: map[string]any{"tls": map[string]any{"mode": "secret"}}, want: "is required with tls.mode=secret"},
 		{name: "one replica that its PDB keeps", values: map[string]any{"webhook": map[string]any{"replicas": 1}},
@@ -491,6 +530,55 @@ func checkCAChain(t *testing.T, objs []*unstructured.Unstructured, ns string) {
 	}
 	if got := find(objs, "MutatingWebhookConfiguration", "klock").GetAnnotations()["cert-manager.io/inject-ca-from"]; got != ns+"/klock-webhook-ca" {
 		t.Errorf("inject-ca-from %q, want the CA Certificate %s/klock-webhook-ca", got, ns)
+	}
+}
+
+// checkGateRBAC checks the gate controller's RBAC: its ClusterRole with
+// exactly what it needs, bound in namespaces by a RoleBinding each, or
+// everywhere by a ClusterRoleBinding when namespaces is empty.
+func checkGateRBAC(t *testing.T, objs []*unstructured.Unstructured, namespaces []string) {
+	t.Helper()
+	role := find(objs, "ClusterRole", "klock-webhook-gate")
+	if role == nil {
+		t.Fatal("no ClusterRole klock-webhook-gate")
+	}
+	want := []any{
+		map[string]any{"apiGroups": []any{""}, "resources": []any{"pods"}, "verbs": []any{"get", "patch"}},
+		map[string]any{"apiGroups": []any{"coordination.k8s.io"}, "resources": []any{"leases"}, "verbs": []any{"get", "list", "watch", "create", "update", "delete"}},
+		map[string]any{"apiGroups": []any{"", "events.k8s.io"}, "resources": []any{"events"}, "verbs": []any{"create", "patch"}},
+	}
+	if diff := cmp.Diff(want, role.Object["rules"]); diff != "" {
+		t.Errorf("klock-webhook-gate rules (-want +got):\n%s", diff)
+	}
+	var bound []string
+	for _, o := range objs {
+		if o.GetName() != "klock-webhook-gate" || (o.GetKind() != "RoleBinding" && o.GetKind() != "ClusterRoleBinding") {
+			continue
+		}
+		bound = append(bound, o.GetNamespace())
+		ref, _, _ := unstructured.NestedStringMap(o.Object, "roleRef")
+		subjects, _, _ := unstructured.NestedSlice(o.Object, "subjects")
+		if ref["kind"] != "ClusterRole" || ref["name"] != "klock-webhook-gate" || len(subjects) != 1 ||
+			!cmp.Equal(subjects[0], map[string]any{"kind": "ServiceAccount", "name": "klock-webhook", "namespace": "klock-system"}) {
+			t.Errorf("%s %s/klock-webhook-gate binds %v to %v", o.GetKind(), o.GetNamespace(), ref, subjects)
+		}
+		if (o.GetKind() == "ClusterRoleBinding") != (len(namespaces) == 0) {
+			t.Errorf("a %s klock-webhook-gate with gatingNamespaces %v", o.GetKind(), namespaces)
+		}
+	}
+	if len(namespaces) == 0 {
+		namespaces = []string{""} // the ClusterRoleBinding's
+	}
+	if !slices.Equal(bound, namespaces) {
+		t.Errorf("klock-webhook-gate bound in %q, want %q", bound, namespaces)
+	}
+	// Its informer, in every namespace whichever it acts in.
+	watch := find(objs, "ClusterRole", "klock-webhook-gate-watch")
+	if watch == nil || find(objs, "ClusterRoleBinding", "klock-webhook-gate-watch") == nil {
+		t.Fatal("no ClusterRole and ClusterRoleBinding klock-webhook-gate-watch")
+	}
+	if diff := cmp.Diff([]any{map[string]any{"apiGroups": []any{""}, "resources": []any{"pods"}, "verbs": []any{"list", "watch"}}}, watch.Object["rules"]); diff != "" {
+		t.Errorf("klock-webhook-gate-watch rules (-want +got):\n%s", diff)
 	}
 }
 

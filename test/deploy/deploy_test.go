@@ -197,6 +197,51 @@ func TestKustomizeNoPullSecretsMatchesChart(t *testing.T) {
 	dryRunApply(t, kustomized)
 }
 
+// deploy/default gates pods that opt in, as the chart's default does, and
+// the no-gating component does what the chart's gating=off does.
+func TestKustomizeGatingMatchesChart(t *testing.T) {
+	chart, err := helmTemplate(t, "klock-system", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kustomized := Kustomize(t, "deploy/default")
+	if args := webhookArgs(t, kustomized); !slices.Contains(args, "--gating=opt-in") {
+		t.Errorf("deploy/default: args %q lack --gating=opt-in", args)
+	}
+	checkGateRBAC(t, kustomized, nil)
+	for _, name := range []string{"klock-webhook-gate", "klock-webhook-gate-watch"} {
+		for _, kind := range []string{"ClusterRole", "ClusterRoleBinding"} {
+			k, c := find(kustomized, kind, name), find(chart, kind, name)
+			if k == nil || c == nil {
+				t.Fatalf("%s %s: deploy/default %v, the chart %v", kind, name, k != nil, c != nil)
+			}
+			for _, field := range []string{"rules", "roleRef", "subjects"} {
+				if diff := cmp.Diff(k.Object[field], c.Object[field]); diff != "" {
+					t.Errorf("%s %s %s (-kustomize +chart):\n%s", kind, name, field, diff)
+				}
+			}
+		}
+	}
+
+	off := Kustomize(t, overlay(t, []string{"no-gating"}, ""))
+	chartOff, err := helmTemplate(t, "klock-system", map[string]any{"gating": "off"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, objs := range map[string][]*unstructured.Unstructured{"components/no-gating": off, "the chart with gating off": chartOff} {
+		args := webhookArgs(t, objs)
+		if !slices.Contains(args, "--gating=off") || slices.Contains(args, "--gating=opt-in") {
+			t.Errorf("%s: args %q, want --gating=off alone", name, args)
+		}
+		for _, o := range objs {
+			if strings.HasPrefix(o.GetName(), "klock-webhook-gate") {
+				t.Errorf("%s: %s %s with gating off", name, o.GetKind(), o.GetName())
+			}
+		}
+	}
+	dryRunApply(t, off)
+}
+
 // deploy/ runs the image of the chart's appVersion, as the chart does,
 // both as the webhook and as what wrapped pods copy klock from.
 func TestKustomizeImageIsTheChartsAppVersion(t *testing.T) {

@@ -49,7 +49,8 @@ func TestHelmInstallUpgradeAndAdmit(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// The namespace the webhook may grant Leases in, and no other.
+	// The namespace the webhook may grant Leases and let gated pods
+	// through in, and no other.
 	apps, err := cp.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "apps-"}}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -58,7 +59,8 @@ func TestHelmInstallUpgradeAndAdmit(t *testing.T) {
 	install := action.NewInstall(cfg)
 	install.ReleaseName, install.Namespace, install.CreateNamespace = "klock", ns, true
 	install.WaitStrategy = kube.HookOnlyStrategy // no node runs the pods
-	values := map[string]any{"tls": map[string]any{"mode": "selfManaged"}, "image": map[string]any{"tag": "test"}, "leaseAccess": "policy", "leaseAccessNamespaces": []any{apps.Name}}
+	values := map[string]any{"tls": map[string]any{"mode": "selfManaged"}, "image": map[string]any{"tag": "test"}, "leaseAccess": "policy", "leaseAccessNamespaces": []any{apps.Name},
+		"gatingNamespaces": []any{apps.Name}}
 	if _, err := install.RunWithContext(ctx, chart, values); err != nil {
 		t.Fatalf("helm install: %v", err)
 	}
@@ -179,8 +181,8 @@ func TestHelmInstallUpgradeAndAdmit(t *testing.T) {
 		return err == nil && len(role.Rules) == 2 && slices.Equal(role.Rules[0].ResourceNames, []string{"cronjob-report", "cronjob-report-queue"})
 	})
 
-	// What the release lets the webhook do: Leases and Roles in the
-	// namespace it was given, and nowhere else.
+	// What the release lets the webhook do: Leases and Roles, and pods'
+	// gates, in the namespace it was given, and nowhere else.
 	sa := "system:serviceaccount:" + ns + ":" + dep.Spec.Template.Spec.ServiceAccountName
 	may := func(namespace, verb, group, resource string) bool {
 		t.Helper()
@@ -193,17 +195,21 @@ func TestHelmInstallUpgradeAndAdmit(t *testing.T) {
 		}
 		return review.Status.Allowed
 	}
-	for _, check := range []struct{ verb, group, resource string }{{"create", "coordination.k8s.io", "leases"}, {"delete", "coordination.k8s.io", "leases"}, {"create", "rbac.authorization.k8s.io", "roles"}, {"list", "", "pods"}} {
+	for _, check := range []struct{ verb, group, resource string }{{"create", "coordination.k8s.io", "leases"}, {"delete", "coordination.k8s.io", "leases"}, {"create", "rbac.authorization.k8s.io", "roles"}, {"get", "", "pods"},
+		{"patch", "", "pods"}, {"update", "coordination.k8s.io", "leases"}, {"create", "", "events"}, {"create", "events.k8s.io", "events"}} {
 		if !may(apps.Name, check.verb, check.group, check.resource) {
-			t.Errorf("the webhook may not %s %s in %s, which leaseAccessNamespaces lists", check.verb, check.resource, apps.Name)
+			t.Errorf("the webhook may not %s %s in %s, which leaseAccessNamespaces and gatingNamespaces list", check.verb, check.resource, apps.Name)
 		}
 		for _, other := range []string{"kube-system", "default"} {
 			if may(other, check.verb, check.group, check.resource) {
-				t.Errorf("the webhook may %s %s in %s, which leaseAccessNamespaces does not list", check.verb, check.resource, other)
+				t.Errorf("the webhook may %s %s in %s, which leaseAccessNamespaces and gatingNamespaces do not list", check.verb, check.resource, other)
 			}
 		}
 	}
 	if !may("kube-system", "watch", "rbac.authorization.k8s.io", "roles") {
 		t.Error("the webhook may not watch Roles everywhere, as its informers do")
+	}
+	if !may("kube-system", "list", "", "pods") || !may("kube-system", "watch", "", "pods") {
+		t.Error("the webhook may not list and watch pods everywhere, as the gate controller's informer does")
 	}
 }

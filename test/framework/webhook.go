@@ -121,3 +121,27 @@ func (cp *ControlPlane) RunWebhookAs(t testing.TB, o *server.Options, mountSecre
 		}
 	})
 }
+
+// StartWebhook runs klock-webhook's server with o and config in this
+// process, and returns a stop that ends it (and is called when the test
+// ends). Tests give each replica a config of its own to tell what each
+// sends.
+func (cp *ControlPlane) StartWebhook(t testing.TB, o *server.Options, config *rest.Config) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- server.Run(ctx, o, config) }()
+	stopped := false
+	stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("webhook server: %v", err)
+		}
+	}
+	t.Cleanup(stop)
+	return stop
+}

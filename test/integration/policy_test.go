@@ -129,6 +129,9 @@ func TestClusterLockPolicyValidation(t *testing.T) {
 		{"too-many-holders", klockv1alpha1.ClusterLockPolicySpec{MaxHolders: 101}, "spec.maxHolders: Invalid value: 101"},
 		{"negative-holders", klockv1alpha1.ClusterLockPolicySpec{MaxHolders: -1}, "spec.maxHolders: Invalid value: -1"},
 		{"unknown-order", klockv1alpha1.ClusterLockPolicySpec{Order: "lifo"}, `spec.order: Unsupported value: "lifo"`},
+		{"no-start-timeout", klockv1alpha1.ClusterLockPolicySpec{Gate: ptr.To(true), StartTimeout: &metav1.Duration{}}, `spec.startTimeout: Invalid value: "0s": must be a duration above 0 and at most 24h`},
+		{"negative-start-timeout", klockv1alpha1.ClusterLockPolicySpec{StartTimeout: &metav1.Duration{Duration: -time.Minute}}, "must be a duration above 0 and at most 24h"},
+		{"start-timeout-over-a-day", klockv1alpha1.ClusterLockPolicySpec{StartTimeout: &metav1.Duration{Duration: 25 * time.Hour}}, "must be a duration above 0 and at most 24h"},
 		{strings.Repeat("n", 201), klockv1alpha1.ClusterLockPolicySpec{}, "metadata.name must be at most 200 characters"},
 	} {
 		t.Run(tc.name[:min(len(tc.name), 30)], func(t *testing.T) {
@@ -166,6 +169,7 @@ func TestClusterLockPolicyValidation(t *testing.T) {
 	t.Run("a valid policy gets the default lease", func(t *testing.T) {
 		p := policy("valid-defaults", klockv1alpha1.ClusterLockPolicySpec{
 			Wait: "1m30s", LeaseDuration: "20s", RenewDeadline: "15s", RetryPeriod: "3s", KillAfter: "0", ConflictExitCode: ptr.To(int32(0)),
+			Gate: ptr.To(true), StartTimeout: &metav1.Duration{Duration: 24 * time.Hour},
 			Lease: "", NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"none": "none"}},
 		})
 		if err := c.Create(ctx, p); err != nil {

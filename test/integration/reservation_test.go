@@ -215,3 +215,21 @@ func TestDeadReserverLeavesTheLockToExpire(t *testing.T) {
 	}
 	_ = h.Release(context.Background())
 }
+
+// A reservation left for a pod since deleted is not joined by the
+// reservation for its successor of the same name: that would jump the
+// queue, and leave the Lease to a reserver that no longer exists.
+func TestReservationOfAnotherPodOfTheSameName(t *testing.T) {
+	ns := namespace(t)
+	old := reservation(ns, "ss", "ss-0")
+	old.Reservation = "uid-of-the-deleted-pod"
+	r, err := newLock(t, cp.Config, old).Acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Release(context.Background())
+	_, err = newLock(t, cp.Config, reservation(ns, "ss", "ss-0")).TryAcquire(context.Background())
+	if !errors.Is(err, klock.ErrHeld) {
+		t.Fatalf("the successor's reservation: %v, want ErrHeld", err)
+	}
+}

@@ -85,7 +85,22 @@ func TestWrappedPodsStayWrapped(t *testing.T) {
 		t.Errorf("refused with %v", lastErr)
 	}
 
+	// The pod's author may edit its annotations: taking klock's away first
+	// changes nothing.
 	p, err := pods.Get(ctx, created.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	delete(p.Annotations, wrap.AnnotationInjected)
+	if p, err = pods.Update(ctx, p, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	p.Spec.InitContainers[0].Image = "evil/klock:unannotated"
+	if _, err := pods.Update(ctx, p, metav1.UpdateOptions{}); err == nil || !strings.Contains(err.Error(), "cannot change") {
+		t.Errorf("the installer's image change, after the annotation was removed: %v", err)
+	}
+
+	p, err = pods.Get(ctx, created.Name, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -90,6 +90,31 @@ func (a *Reviewer) Warnings(ctx context.Context, pod *corev1.Pod) []string {
 	return warnings
 }
 
+// Denied says what pod's service account may not do to the Leases of the
+// pod's lock, "" when it may do all klock needs. The gate controller asks
+// before it reserves a lock for a pod: with its own permissions it could
+// otherwise hold, for a pod author, Leases the author's pods may not hold.
+func (a *Reviewer) Denied(ctx context.Context, pod *corev1.Pod) (string, error) {
+	names, err := wrap.LeaseNames(pod.Annotations)
+	if err != nil {
+		return "", err
+	}
+	sa := cmp.Or(pod.Spec.ServiceAccountName, "default")
+	verbs := Verbs(pod.Annotations[wrap.AnnotationCleanupLease] == "true")
+	// Kept as the admission's answers are: a lock of 100 holders is 300
+	// reviews, and a pod's author decides how many such pods wait.
+	key := "denied/" + pod.Namespace + "/" + sa + "/" + strings.Join(names, ",") + "/" + strings.Join(verbs, ",")
+	if v, ok := a.answers.Get(key); ok && time.Now().Before(v.(accessAnswer).expires) {
+		return strings.Join(v.(accessAnswer).warnings, "; "), nil
+	}
+	warnings, err := a.review(ctx, pod.Namespace, sa, names, verbs)
+	if err != nil {
+		return "", err
+	}
+	a.answers.Add(key, accessAnswer{warnings: warnings, expires: time.Now().Add(accessTTL)})
+	return strings.Join(warnings, "; "), nil
+}
+
 // maxReviews bounds the SubjectAccessReviews, and the Lease reads, one
 // pod's admission has in flight: a counting lock of 100 holders has 101
 // Leases to check.

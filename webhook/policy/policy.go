@@ -81,6 +81,11 @@ func ValidatePolicy(p *klockv1alpha1.ClusterLockPolicy) error {
 			errs = append(errs, field.Invalid(spec, e.BadValue, "klock does not accept the options: "+e.Detail))
 		}
 	}
+	// The schema bounds it too; this is the check behind it, as the
+	// webhook reads it from the pod.
+	if _, err := wrap.StartTimeout(values); err != nil {
+		errs = append(errs, field.Invalid(spec.Child("startTimeout"), values[wrap.AnnotationStartTimeout], "must be above 0 and at most 24h"))
+	}
 	return errs.ToAggregate()
 }
 
@@ -228,6 +233,12 @@ func policyAnnotations(p *klockv1alpha1.ClusterLockPolicy, pod *corev1.Pod, w Wo
 		out[wrap.AnnotationMaxHolders] = strconv.Itoa(int(s.MaxHolders))
 	}
 	set(wrap.AnnotationOrder, s.Order)
+	if s.Gate != nil {
+		out[wrap.AnnotationGate] = strconv.FormatBool(*s.Gate)
+	}
+	if s.StartTimeout != nil {
+		out[wrap.AnnotationStartTimeout] = s.StartTimeout.Duration.String()
+	}
 	return out, nil
 }
 

@@ -3,6 +3,7 @@ package policy
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -159,6 +160,27 @@ func TestApplyPolicies(t *testing.T) {
 			want: map[string]string{"klock.io/lease": "cronjob-backup", "klock.io/max-holders": "5", "klock.io/policy": "p"},
 		},
 		{
+			name: "gate and startTimeout become annotations", pod: builders.MakePod("p", "ns"),
+			policies: []*klockv1alpha1.ClusterLockPolicy{builders.MakePolicy("p").Gate(true).StartTimeout(90 * time.Second).Obj()}, w: cronJob, applied: "p",
+			want: map[string]string{"klock.io/lease": "cronjob-backup", "klock.io/gate": "true", "klock.io/start-timeout": "1m30s", "klock.io/policy": "p"},
+		},
+		{
+			name: "gate false is said, so that --gating=default does not gate the pod", pod: builders.MakePod("p", "ns"),
+			policies: []*klockv1alpha1.ClusterLockPolicy{builders.MakePolicy("p").Gate(false).Obj()}, w: cronJob, applied: "p",
+			want: map[string]string{"klock.io/lease": "cronjob-backup", "klock.io/gate": "false", "klock.io/policy": "p"},
+		},
+		{
+			name: "gate unset leaves it to the webhook's --gating", pod: builders.MakePod("p", "ns"),
+			policies: []*klockv1alpha1.ClusterLockPolicy{builders.MakePolicy("p").StartTimeout(time.Hour).Obj()}, w: cronJob, applied: "p",
+			want: map[string]string{"klock.io/lease": "cronjob-backup", "klock.io/start-timeout": "1h0m0s", "klock.io/policy": "p"},
+		},
+		{
+			name: "where it may not skip, its own gate and start timeout still win", pod: builders.MakePod("p", "ns").
+				Annotation(wrap.AnnotationGate, "false").Annotation(wrap.AnnotationStartTimeout, "10m"),
+			policies: []*klockv1alpha1.ClusterLockPolicy{builders.MakePolicy("p").Gate(true).StartTimeout(time.Minute).Obj()}, w: cronJob, applied: "p",
+			want: map[string]string{"klock.io/lease": "cronjob-backup", "klock.io/gate": "false", "klock.io/start-timeout": "10m", "klock.io/policy": "p"},
+		},
+		{
 			name: "default lease is kind and name", pod: builders.MakePod("p", "ns"),
 			policies: []*klockv1alpha1.ClusterLockPolicy{builders.MakePolicy("p").Obj()}, w: Workload{Kind: "Deployment", Name: "web"}, applied: "p",
 			want: map[string]string{"klock.io/lease": "deployment-web", "klock.io/policy": "p"},
@@ -260,6 +282,35 @@ func TestValidatePolicy(t *testing.T) {
 	}
 	if err := ValidatePolicy(builders.MakePolicy("good").Lease("{label:app}").Obj()); err != nil {
 		t.Errorf("a valid policy: %v", err)
+	}
+}
+
+// A start timeout the webhook would refuse on every pod makes the policy
+// apply to nothing; the schema refuses it too, and this is the check
+// behind it.
+func TestValidatePolicyStartTimeout(t *testing.T) {
+	for _, tc := range []struct {
+		d   time.Duration
+		err bool
+	}{
+		{d: time.Second},
+		{d: 24 * time.Hour},
+		{d: 0, err: true},
+		{d: -time.Minute, err: true},
+		{d: 24*time.Hour + time.Second, err: true},
+	} {
+		t.Run(tc.d.String(), func(t *testing.T) {
+			err := ValidatePolicy(builders.MakePolicy("p").Gate(true).StartTimeout(tc.d).Obj())
+			if !tc.err {
+				if err != nil {
+					t.Fatalf("a valid policy: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), "spec.startTimeout: Invalid value: \""+tc.d.String()+"\": must be above 0 and at most 24h") {
+				t.Fatalf("err = %v", err)
+			}
+		})
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/klock-io/klock/webhook/images"
 	"github.com/klock-io/klock/webhook/leaseaccess"
+	"github.com/klock-io/klock/webhook/wrap"
 )
 
 // Options are klock-webhook's flags.
@@ -51,6 +52,10 @@ type Options struct {
 	// LeaseAccess is off, policy or all: which wrapped workloads get a
 	// Role for their Lease.
 	LeaseAccess string
+	// Gating is which wrapped pods wait for their lock SchedulingGated
+	// (wrap.Gating): off, opt-in or default. The gate controller, which
+	// lets them through, runs unless it is off.
+	Gating wrap.Gating
 
 	// SelfManagedTLS: the webhook makes and rotates its own CA and serving
 	// certificate in TLSSecret, writes them into CertDir, and puts the CA
@@ -81,6 +86,7 @@ func NewOptions() *Options {
 		WebhookConfiguration: "klock",
 		Policies:             true,
 		LeaseAccess:          leaseaccess.ModeOff,
+		Gating:               wrap.GatingOptIn,
 	}
 }
 
@@ -106,6 +112,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.WebhookConfiguration, "webhook-configuration", o.WebhookConfiguration, "The MutatingWebhookConfiguration to keep in step with the ClusterLockPolicies, and whose caBundle --self-managed-tls keeps.")
 	fs.BoolVar(&o.Policies, "policies", o.Policies, "Apply ClusterLockPolicies (their CRD must be installed).")
 	fs.StringVar(&o.LeaseAccess, "lease-access", o.LeaseAccess, "Keep a Role and RoleBinding for the Lease of each wrapped workload: off, policy (where the ClusterLockPolicy sets grantLeaseAccess) or all.")
+	fs.StringVar((*string)(&o.Gating), "gating", string(o.Gating), "Which wrapped pods wait for their lock unscheduled, behind the scheduling gate klock.io/lock: off (none; a pod annotated klock.io/gate: \"true\" is denied), opt-in (those annotated klock.io/gate: \"true\") or default (all but those annotated klock.io/gate: \"false\").")
 	fs.BoolVar(&o.LeaderElect, "leader-elect", o.LeaderElect, "Let one replica at a time run the controllers; every replica serves.")
 	fs.StringVar(&o.LeaderElectionNamespace, "leader-election-namespace", o.LeaderElectionNamespace, "Namespace of the leader election Lease (default: the --tls-secret's with --self-managed-tls, else the pod's own).")
 }
@@ -158,6 +165,11 @@ func (o *Options) Validate() error {
 		}
 	default:
 		errs = append(errs, fmt.Errorf("--lease-access %q: give off, policy or all", o.LeaseAccess))
+	}
+	switch o.Gating {
+	case wrap.GatingOff, wrap.GatingOptIn, wrap.GatingDefault:
+	default:
+		errs = append(errs, fmt.Errorf("--gating %q: give off, opt-in or default", o.Gating))
 	}
 	if o.Port < 1 || o.Port > 65535 {
 		errs = append(errs, fmt.Errorf("--webhook-port %d: give a port from 1 to 65535", o.Port))

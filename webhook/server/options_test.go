@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/klock-io/klock/webhook/images"
+	"github.com/klock-io/klock/webhook/wrap"
 )
 
 func TestOptions(t *testing.T) {
@@ -51,9 +52,33 @@ func TestOptions(t *testing.T) {
 		{args: []string{"--klock-image", "x", "--lease-access", "some"}, want: `--lease-access "some": give off, policy or all`},
 		{args: []string{"--klock-image", "x", "--lease-access", "all", "--policies=false"}, want: "--lease-access all needs --policies"},
 		{args: []string{"--klock-image", "x", "--webhook-configuration", ""}, want: "--webhook-configuration is required with --policies"},
+		{args: []string{"--klock-image", "x", "--gating", "always"}, want: `--gating "always": give off, opt-in or default`},
+		{args: []string{"--klock-image", "x", "--gating", ""}, want: `--gating "": give off, opt-in or default`},
 	} {
 		if _, err := parse(tc.args...); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: error %v, want one containing %q", tc.args, err, tc.want)
+		}
+	}
+}
+
+// --gating reaches the pod mutation; opt-in unless given.
+func TestGatingOption(t *testing.T) {
+	for args, want := range map[string]wrap.Gating{"": wrap.GatingOptIn, "--gating=off": wrap.GatingOff, "--gating=opt-in": wrap.GatingOptIn, "--gating=default": wrap.GatingDefault} {
+		o := NewOptions()
+		fs := pflag.NewFlagSet("klock-webhook", pflag.ContinueOnError)
+		o.AddFlags(fs)
+		argv := []string{"--klock-image", "x"}
+		if args != "" {
+			argv = append(argv, args)
+		}
+		if err := fs.Parse(argv); err != nil {
+			t.Fatal(err)
+		}
+		if err := o.Validate(); err != nil {
+			t.Fatalf("%s: %v", args, err)
+		}
+		if o.Gating != want || o.wrapOptions().Gating != want {
+			t.Errorf("%q: gating %q, wrap options %q; want %q", args, o.Gating, o.wrapOptions().Gating, want)
 		}
 	}
 }

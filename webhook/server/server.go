@@ -42,6 +42,7 @@ import (
 
 	klockv1alpha1 "github.com/klock-io/klock/api/v1alpha1"
 	"github.com/klock-io/klock/webhook"
+	"github.com/klock-io/klock/webhook/gate"
 	"github.com/klock-io/klock/webhook/images"
 	"github.com/klock-io/klock/webhook/leaseaccess"
 	"github.com/klock-io/klock/webhook/policy"
@@ -109,6 +110,10 @@ func managerOptions(o *Options, server ctrlwebhook.Server) ctrl.Options {
 	// certificate rotator only; a new one would let an old and a new
 	// replica both rotate during an upgrade.
 	mo.LeaderElection, mo.LeaderElectionID, mo.LeaderElectionNamespace = o.LeaderElect, "klock-webhook-certs", o.LeaderElectionNamespace
+	// A replica that stops gives the leadership up at once, so that the
+	// next leader adopts the gate controller's reservations before they
+	// expire. Safe because Run's caller exits when Run returns.
+	mo.LeaderElectionReleaseOnCancel = true
 	// Watch the one webhook configuration, the one Secret and the Roles the
 	// webhook made, not all; keep of each workload only what policies read.
 	managed := labels.SelectorFromSet(labels.Set{wrap.LabelManagedBy: wrap.ManagedByWebhook})
@@ -116,6 +121,8 @@ func managerOptions(o *Options, server ctrlwebhook.Server) ctrl.Options {
 		&admissionregistrationv1.MutatingWebhookConfiguration{}: {Field: fields.OneTermEqualSelector("metadata.name", o.WebhookConfiguration)},
 		&rbacv1.Role{}:        {Label: managed},
 		&rbacv1.RoleBinding{}: {Label: managed},
+		// The gate controller's pods: those the webhook gated.
+		&corev1.Pod{}: {Label: labels.SelectorFromSet(labels.Set{wrap.LabelGated: "true"})},
 	}
 	for _, obj := range policy.WorkloadObjects() {
 		mo.Cache.ByObject[obj] = cache.ByObject{Transform: policy.TrimWorkload}
@@ -211,6 +218,18 @@ func addControllers(mgr ctrl.Manager, o *Options) error {
 			return fmt.Errorf("cannot set up the Lease access controller: %w", err)
 		}
 	}
+	if o.Gating != wrap.GatingOff {
+		clientset, err := kubernetes.NewForConfig(mgr.GetConfig())
+		if err != nil {
+			return err
+		}
+		if err := (&gate.Reconciler{
+			Client: mgr.GetClient(), API: mgr.GetAPIReader(), Config: mgr.GetConfig(),
+			Events: mgr.GetEventRecorder("klock-gate"), Wrap: o.wrapOptions(), Access: leaseaccess.NewReviewer(clientset),
+		}).SetupWithManager(mgr); err != nil {
+			return fmt.Errorf("cannot set up the gate controller: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -277,7 +296,7 @@ func certsPresent(dir string) bool {
 // ~/.kube/config in the image, KUBERNETES_SERVICE_HOST) can point klock at
 // a server of the pod author's that grants every lock.
 func (o *Options) wrapOptions() wrap.Options {
-	opts := wrap.Options{Image: o.KlockImage, ImagePullPolicy: corev1.PullPolicy(o.ImagePullPolicy)}
+	opts := wrap.Options{Image: o.KlockImage, ImagePullPolicy: corev1.PullPolicy(o.ImagePullPolicy), Gating: o.Gating}
 	if ic, err := rest.InClusterConfig(); err == nil {
 		if ca, err := os.ReadFile(ic.TLSClientConfig.CAFile); err == nil {
 			opts.APIServer, opts.APICA = ic.Host, string(ca)

@@ -28,6 +28,17 @@ const (
 	AnnotationMaxHolders = "klock.io/max-holders"
 	AnnotationOrder      = "klock.io/order"
 
+	// AnnotationGate, "true" or "false", says whether a wrapped pod waits
+	// for its lock SchedulingGated (see Options.Gating): on no node,
+	// holding no resources, until the gate controller reserves the lock
+	// for it and removes SchedulingGate. AnnotationStartTimeout is how
+	// long such a pod, once ungated, has to take the lock reserved for it
+	// (DefaultStartTimeout). Neither is a klock flag: the webhook and the
+	// gate controller read them, and the wrapped command is the same
+	// either way.
+	AnnotationGate         = "klock.io/gate"
+	AnnotationStartTimeout = "klock.io/start-timeout"
+
 	// AnnotationInjected is set by the webhook on the pods it wrapped, to
 	// the name of the wrapped container.
 	AnnotationInjected = "klock.io/injected"
@@ -68,7 +79,16 @@ const (
 	// those, and its cache holds only those.
 	LabelManagedBy   = "app.kubernetes.io/managed-by"
 	ManagedByWebhook = "klock-webhook"
+
+	// LabelGated, with the value "true", marks the pods the webhook gated,
+	// so that the gate controller's cache holds only those.
+	LabelGated = "klock.io/gated"
 )
+
+// SchedulingGate is the scheduling gate the webhook gives the pods it
+// gates, and the gate controller removes when it is the pod's turn. It is
+// klock's: only a wrapped pod may carry it.
+const SchedulingGate = "klock.io/lock"
 
 // userKeys are the klock.io/ annotation keys a pod's or workload's author
 // may set.
@@ -76,7 +96,7 @@ var userKeys = []string{
 	AnnotationLease, AnnotationContainer, AnnotationWait, AnnotationConflictExitCode,
 	AnnotationLeaseDuration, AnnotationRenewDeadline, AnnotationRetryPeriod, AnnotationSignal,
 	AnnotationKillAfter, AnnotationCleanupLease, AnnotationLabels, AnnotationMaxHolders, AnnotationOrder,
-	AnnotationSkip,
+	AnnotationGate, AnnotationStartTimeout, AnnotationSkip,
 }
 
 // knownKeys are the klock.io/ annotation keys klock reads or writes.

@@ -35,6 +35,12 @@ type Options struct {
 	// kubeconfig or mounts say.
 	APIServer string
 	APICA     string
+	// Gating says which wrapped pods Mutate gates: it gives them
+	// SchedulingGate and LabelGated, and they wait for their lock
+	// unscheduled until the gate controller removes the gate. The zero
+	// value is GatingOptIn. Wrapped does not depend on it: a pod is
+	// wrapped, gated or not.
+	Gating Gating
 }
 
 // flags are klock's flags for a pod with annotations, wrapped with opts.
@@ -285,17 +291,32 @@ func containerNames(pod *corev1.Pod) string {
 // and makes the target container run its original argv under klock. image
 // is the target container's image command, needed only when the container
 // sets no command (see Target). A pod that does not ask for klock, or is
-// wrapped already, is left as it is; one whose klock another webhook has
-// since wrapped in its own command (reinvocation) gets klock back in
-// front, running that webhook's wrapper and the original argv: whatever a
-// command prefix does, it then does under the lock. The error, when not
-// nil, is a field.ErrorList aggregate that says what to fix; the pod must
-// then be denied, never admitted unwrapped.
+// wrapped already, is left as it is, but for the gate below; one whose
+// klock another webhook has since wrapped in its own command
+// (reinvocation) gets klock back in front, running that webhook's wrapper
+// and the original argv: whatever a command prefix does, it then does
+// under the lock. A wrapped pod that opts.Gating gates (see Gating) gets
+// SchedulingGate and LabelGated, once; a pod that does not ask for klock
+// but carries SchedulingGate is denied (see ForeignGate). The error, when
+// not nil, is a field.ErrorList aggregate that says what to fix; the pod
+// must then be denied, never admitted unwrapped.
 func Mutate(pod *corev1.Pod, opts Options, image *ImageCommand) (warnings []string, err error) {
 	if !Wants(pod) {
+		if err := foreignGate(pod); err != nil {
+			return nil, field.ErrorList{err}.ToAggregate()
+		}
 		return nil, nil
 	}
+	gated, gerrs := opts.gates(pod)
 	if target, at, ok := opts.wrappedAt(pod); ok {
+		// A pod created wrapped (a copy of a wrapped pod, or this
+		// webhook's own on reinvocation) is gated as any other.
+		if len(gerrs) > 0 {
+			return nil, gerrs.ToAggregate()
+		}
+		if gated {
+			gate(pod)
+		}
 		if at == 0 {
 			return nil, nil
 		}
@@ -308,7 +329,7 @@ func Mutate(pod *corev1.Pod, opts Options, image *ImageCommand) (warnings []stri
 		c.Args = nil
 		return []string{fmt.Sprintf("container %q: another webhook put %q in front of klock; klock runs first again, and starts it under the lock", c.Name, strings.Join(prefix, " "))}, nil
 	}
-	var errs field.ErrorList
+	errs := gerrs
 	flags, ferrs := opts.flags(pod.Annotations)
 	errs = append(errs, ferrs...)
 	target, ferr := Target(pod)
@@ -345,6 +366,9 @@ func Mutate(pod *corev1.Pod, opts Options, image *ImageCommand) (warnings []stri
 	pod.Spec.Volumes = append(pod.Spec.Volumes, volume())
 	pod.Spec.InitContainers = append([]corev1.Container{installer(opts)}, pod.Spec.InitContainers...)
 	pod.Annotations[AnnotationInjected] = c.Name
+	if gated {
+		gate(pod)
+	}
 	return warnings, nil
 }
 

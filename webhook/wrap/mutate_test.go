@@ -261,6 +261,22 @@ func TestWrapped(t *testing.T) {
 				p.Spec.Containers[i].VolumeMounts = append([]corev1.VolumeMount{token}, p.Spec.Containers[i].VolumeMounts...)
 			}
 		}, want: true, anyTag: true},
+		// The gate says where a pod waits, not how its klock holds the
+		// lock: gated or not, let through or not, it is wrapped.
+		{name: "gated", edit: func(p *corev1.Pod) {
+			p.Annotations[wrap.AnnotationGate] = "true"
+			p.Annotations[wrap.AnnotationStartTimeout] = "1m"
+			p.Labels = map[string]string{wrap.LabelGated: "true"}
+			p.Spec.SchedulingGates = []corev1.PodSchedulingGate{{Name: wrap.SchedulingGate}}
+		}, want: true, anyTag: true},
+		{name: "gated, and let through", edit: func(p *corev1.Pod) {
+			p.Annotations[wrap.AnnotationGate] = "true"
+			p.Labels = map[string]string{wrap.LabelGated: "true"}
+		}, want: true, anyTag: true},
+		{name: "not to be gated, carrying klock's gate", edit: func(p *corev1.Pod) {
+			p.Annotations[wrap.AnnotationGate] = "false"
+			p.Spec.SchedulingGates = []corev1.PodSchedulingGate{{Name: wrap.SchedulingGate}}
+		}, want: true, anyTag: true},
 		{name: "another volume over the binary the wrapped container runs", edit: func(p *corev1.Pod) {
 			p.Spec.Containers[0].VolumeMounts = append(p.Spec.Containers[0].VolumeMounts, corev1.VolumeMount{Name: "fake", MountPath: "/klock-bin/klock", SubPath: "klock"})
 		}},

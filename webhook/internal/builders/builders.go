@@ -6,6 +6,8 @@
 package builders
 
 import (
+	"time"
+
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -111,6 +113,18 @@ func (p *PodBuilder) Wrapped(target int, command ...string) *PodBuilder {
 	return w
 }
 
+// SchedulingGate adds a scheduling gate.
+func (p *PodBuilder) SchedulingGate(name string) *PodBuilder {
+	p.Spec.SchedulingGates = append(p.Spec.SchedulingGates, corev1.PodSchedulingGate{Name: name})
+	return p
+}
+
+// Gated is what Mutate adds to a pod it gates: klock's scheduling gate,
+// after the pod's own, and the label klock.io/gated=true.
+func (p *PodBuilder) Gated() *PodBuilder {
+	return p.SchedulingGate("klock.io/lock").Label("klock.io/gated", "true")
+}
+
 // Label sets a pod label.
 func (p *PodBuilder) Label(k, v string) *PodBuilder {
 	if p.Labels == nil {
@@ -142,6 +156,15 @@ func (p *PolicyBuilder) Priority(n int32) *PolicyBuilder { p.Spec.Priority = n; 
 
 // AllowSkip lets pods opt out.
 func (p *PolicyBuilder) AllowSkip() *PolicyBuilder { p.Spec.AllowSkip = true; return p }
+
+// Gate sets spec.gate.
+func (p *PolicyBuilder) Gate(on bool) *PolicyBuilder { p.Spec.Gate = ptr.To(on); return p }
+
+// StartTimeout sets spec.startTimeout.
+func (p *PolicyBuilder) StartTimeout(d time.Duration) *PolicyBuilder {
+	p.Spec.StartTimeout = &metav1.Duration{Duration: d}
+	return p
+}
 
 // Kinds sets the workload kinds.
 func (p *PolicyBuilder) Kinds(kinds ...klockv1alpha1.WorkloadKind) *PolicyBuilder {
