@@ -39,7 +39,8 @@ import (
 )
 
 // The scenarios that need the webhook run in parallel; the one that
-// scales it to zero runs after them.
+// scales it to zero runs after them. The gated scenarios' handoffs are
+// reported once all have run.
 func TestE2E(t *testing.T) {
 	t.Run("with the webhook", func(t *testing.T) {
 		t.Run("CronJob runs wait for each other", testCronJobWaits)
@@ -49,7 +50,11 @@ func TestE2E(t *testing.T) {
 		t.Run("service account without Lease permissions", testLeasePermissions)
 		t.Run("a ClusterLockPolicy wraps a Job and grants its Lease", testPolicyLeaseAccess)
 		t.Run("SIGTERM reaches the command and the Lease is released", testSignals)
+		t.Run("gated CronJob runs wait at the scheduler", testCronJobGated)
+		t.Run("gated replicas of a counting lock", testGatedCountingLock)
+		t.Run("gated pods take turns", testGatedTurns)
 	})
+	gatedHandoffs.report(t)
 	t.Run("pods without klock annotations run while the webhook is down", testUntouchedWithoutWebhook)
 }
 
@@ -80,12 +85,26 @@ func cronJob(name string, annotations map[string]string) *batchv1.CronJob {
 // both have finished.
 func runCronJob(ctx context.Context, t *testing.T, ns string, cj *batchv1.CronJob) []*corev1.Pod {
 	t.Helper()
+	var pods []*corev1.Pod
+	for _, j := range startCronJob(ctx, t, ns, cj) {
+		pods = append(pods, waitPod(ctx, t, ns, jobPod(ctx, t, ns, j), 3*time.Minute, "finished", phaseIs(corev1.PodSucceeded, corev1.PodFailed)))
+	}
+	return pods
+}
+
+// startCronJob creates the CronJob, waits for its first two jobs, suspends
+// it and returns those two jobs in the order they were scheduled. The
+// second comes about a minute after the first, which then still runs.
+func startCronJob(ctx context.Context, t *testing.T, ns string, cj *batchv1.CronJob) []batchv1.Job {
+	t.Helper()
 	created, err := cl.Client.BatchV1().CronJobs(ns).Create(ctx, cj, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if created.Spec.JobTemplate.Spec.Template.Annotations[wrap.AnnotationLease] == "" {
-		t.Fatalf("the webhook did not copy the CronJob's annotations into its job template: %v", created.Spec.JobTemplate.Spec.Template.Annotations)
+	for k, v := range cj.Annotations {
+		if got := created.Spec.JobTemplate.Spec.Template.Annotations[k]; got != v {
+			t.Fatalf("the webhook did not copy the CronJob's annotation %s into its job template: %v", k, created.Spec.JobTemplate.Spec.Template.Annotations)
+		}
 	}
 	var jobs []batchv1.Job
 	framework.Eventually(t, 3*time.Minute, "the CronJob controller to start two jobs", func() bool {
@@ -106,19 +125,21 @@ func runCronJob(ctx context.Context, t *testing.T, ns string, cj *batchv1.CronJo
 		t.Fatal(err)
 	}
 	sort.Slice(jobs, func(i, j int) bool { return jobs[i].CreationTimestamp.Before(&jobs[j].CreationTimestamp) })
-	var pods []*corev1.Pod
-	for _, j := range jobs[:2] {
-		var podName string
-		framework.Eventually(t, time.Minute, "job "+j.Name+"'s pod", func() bool {
-			list, err := cl.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "batch.kubernetes.io/job-name=" + j.Name})
-			if err == nil && len(list.Items) > 0 {
-				podName = list.Items[0].Name
-			}
-			return podName != ""
-		})
-		pods = append(pods, waitPod(ctx, t, ns, podName, 3*time.Minute, "finished", phaseIs(corev1.PodSucceeded, corev1.PodFailed)))
-	}
-	return pods
+	return jobs[:2]
+}
+
+// jobPod waits for the job's pod and returns its name.
+func jobPod(ctx context.Context, t *testing.T, ns string, j batchv1.Job) string {
+	t.Helper()
+	var podName string
+	framework.Eventually(t, time.Minute, "job "+j.Name+"'s pod", func() bool {
+		list, err := cl.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "batch.kubernetes.io/job-name=" + j.Name})
+		if err == nil && len(list.Items) > 0 {
+			podName = list.Items[0].Name
+		}
+		return podName != ""
+	})
+	return podName
 }
 
 // Scenario 1: runs of a CronJob with overlapping jobs take turns: the
@@ -224,24 +245,14 @@ func testCronJobSkips(t *testing.T) {
 // A command that runs until SIGTERM, and says so.
 const untilTerm = `trap 'echo TERM $HOSTNAME; sleep 1; echo CLEANED $HOSTNAME; exit 0' TERM; echo START $HOSTNAME; while true; do sleep 1; done`
 
-// Scenario 3: two replicas of a Deployment share one Lease: one runs its
-// command, the other waits; deleting the one that runs hands the Lease to
-// the other.
-func testDeploymentHandover(t *testing.T) {
-	t.Parallel()
-	timed(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	ns := newNamespace(ctx, t, "deployment")
-	const leaseSeconds = 20
-	labels := map[string]string{"app": "singleton"}
-	dep := &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: "singleton", Annotations: map[string]string{
-			wrap.AnnotationLease:         "singleton",
-			wrap.AnnotationLeaseDuration: fmt.Sprintf("%ds", leaseSeconds),
-		}},
+// deployment is a Deployment of replicas pods labelled app=name, run by
+// the worker service account, whose one container runs until SIGTERM.
+func deployment(name string, replicas int32, annotations map[string]string) *appsv1.Deployment {
+	labels := map[string]string{"app": name}
+	return &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: annotations},
 		Spec: appsv1.DeploymentSpec{
-			Replicas: ptr.To(int32(2)),
+			Replicas: ptr.To(replicas),
 			Selector: &metav1.LabelSelector{MatchLabels: labels},
 			Template: corev1.PodTemplateSpec{
 				ObjectMeta: metav1.ObjectMeta{Labels: labels},
@@ -252,6 +263,22 @@ func testDeploymentHandover(t *testing.T) {
 			},
 		},
 	}
+}
+
+// Scenario 3: two replicas of a Deployment share one Lease: one runs its
+// command, the other waits; deleting the one that runs hands the Lease to
+// the other.
+func testDeploymentHandover(t *testing.T) {
+	t.Parallel()
+	timed(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	ns := newNamespace(ctx, t, "deployment")
+	const leaseSeconds = 20
+	dep := deployment("singleton", 2, map[string]string{
+		wrap.AnnotationLease:         "singleton",
+		wrap.AnnotationLeaseDuration: fmt.Sprintf("%ds", leaseSeconds),
+	})
 	if _, err := cl.Client.AppsV1().Deployments(ns).Create(ctx, dep, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}

@@ -74,6 +74,14 @@ func run(m *testing.M) int {
 	if *logs == "" {
 		*logs, _ = os.MkdirTemp("", "klock-e2e-logs-")
 	}
+	// The scenarios mostly wait: three of them for two runs of a CronJob,
+	// on the controller's one-minute schedule. All at once, the suite
+	// takes as long as the longest; go test's default of GOMAXPROCS at a
+	// time (2 here) would queue the CronJob ones behind each other, minutes
+	// more. -test.parallel, when given, still decides.
+	if !flagSet("test.parallel") {
+		_ = flag.Set("test.parallel", "16")
+	}
 	cluster.CleanStale(filepath.Join(*bin, "kube-proxy"), logf)
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -145,6 +153,13 @@ func run(m *testing.M) int {
 		return 1
 	}
 	return code
+}
+
+// flagSet reports whether the command line gave the flag.
+func flagSet(name string) bool {
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 // setup starts the cluster, builds and imports the images and installs

@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"net/http"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -110,17 +111,16 @@ func startsAs(t *testing.T, ns, lock, pod string, maxHolders int) *klock.Hold {
 	return h
 }
 
-// A gated pod stays gated while its lock is held, and is let through the
-// moment the holder releases it, with the lock reserved for it: nobody
-// else gets in before its klock takes the lock over.
+// A gated pod stays gated while a klock process holds its lock, and is let
+// through the moment that klock's command exits, with the lock reserved
+// for it: nobody else gets in before the pod's klock takes the lock over.
 func TestGatedPodWaitsForItsLock(t *testing.T) {
 	startWebhook(t)
 	ns := namespace(t)
 	grantLeases(t, ns, "default")
-	cli, err := newLock(t, cp.Config, fastConfig(ns, "nightly", "cli")).Acquire(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	log := filepath.Join(t.TempDir(), "log")
+	cli := startKlock(t, cp.Kubeconfig, append([]string{"-n", ns, "-l", "nightly", "-i", "cli"}, fast...), probe(log, "cli", "-sleep", "6s")...)
+	waitStarted(t, log, "cli")
 	p := createPod(t, ns, gatedPod("run-1", "nightly"))
 	if !wrap.Gated(p) || p.Labels[wrap.LabelGated] != "true" {
 		t.Fatalf("the webhook did not gate the pod: gates %v, labels %v", p.Spec.SchedulingGates, p.Labels)
@@ -129,13 +129,20 @@ func TestGatedPodWaitsForItsLock(t *testing.T) {
 	eventually(t, 10*time.Second, "an event saying what the pod waits for", func() bool {
 		return hasEvent(t, ns, "run-1", gate.ReasonWaiting, "Waiting for lock nightly (held by cli, position 1 of 1)")
 	})
-	time.Sleep(3 * time.Second) // more than a lease duration
-	if !isGated(t, ns, "run-1") {
-		t.Fatal("the pod was let through while the lock was held")
-	}
-
-	if err := cli.Release(context.Background()); err != nil {
-		t.Fatal(err)
+	exited := make(chan int, 1)
+	go func() { exited <- cli.wait(t, 30*time.Second) }()
+	for running := true; running; {
+		select {
+		case code := <-exited:
+			if code != 0 {
+				t.Fatalf("the klock holding the lock exited %d: %s", code, cli.stderr.String())
+			}
+			running = false
+		case <-time.After(200 * time.Millisecond):
+			if _, ended := find(readLog(t, log), "end", "cli"); !ended && !isGated(t, ns, "run-1") {
+				t.Fatal("the pod was let through while the klock's command ran")
+			}
+		}
 	}
 	eventually(t, 10*time.Second, "the pod to be let through", func() bool { return !isGated(t, ns, "run-1") })
 	l := getLease(t, ns, "nightly")

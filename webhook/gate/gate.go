@@ -119,7 +119,11 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	})); err != nil {
 		return err
 	}
-	gated := predicate.NewPredicateFuncs(func(o client.Object) bool { return o.GetLabels()[wrap.LabelGated] == "true" })
+	// The label alone proves nothing (anyone may set it): only pods klock
+	// wrapped are looked at.
+	gated := predicate.NewPredicateFuncs(func(o client.Object) bool {
+		return o.GetLabels()[wrap.LabelGated] == "true" && o.GetAnnotations()[wrap.AnnotationInjected] != ""
+	})
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("gate").
 		For(&corev1.Pod{}, builder.WithPredicates(gated)).

@@ -121,8 +121,9 @@ func managerOptions(o *Options, server ctrlwebhook.Server) ctrl.Options {
 		&admissionregistrationv1.MutatingWebhookConfiguration{}: {Field: fields.OneTermEqualSelector("metadata.name", o.WebhookConfiguration)},
 		&rbacv1.Role{}:        {Label: managed},
 		&rbacv1.RoleBinding{}: {Label: managed},
-		// The gate controller's pods: those the webhook gated.
-		&corev1.Pod{}: {Label: labels.SelectorFromSet(labels.Set{wrap.LabelGated: "true"})},
+		// The gate controller's pods: those the webhook gated, without
+		// their managed fields (anyone may label a pod so).
+		&corev1.Pod{}: {Label: labels.SelectorFromSet(labels.Set{wrap.LabelGated: "true"}), Transform: cache.TransformStripManagedFields()},
 	}
 	for _, obj := range policy.WorkloadObjects() {
 		mo.Cache.ByObject[obj] = cache.ByObject{Transform: policy.TrimWorkload}
