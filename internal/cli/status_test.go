@@ -382,3 +382,21 @@ func TestStatusWatchJudgesWaitersByTheirOwnBeat(t *testing.T) {
 		t.Fatalf("after 61s, with b silent since the start: %v", got)
 	}
 }
+
+// A slot held for a pod that has yet to start (gated waiting) says so.
+func TestPrintTableReserved(t *testing.T) {
+	since := metav1.NewMicroTime(t0.Add(-2 * time.Second))
+	locks := []klock.LockStatus{{Namespace: "jobs", Name: "nightly", MaxHolders: 1, Queued: true,
+		Holders: []klock.HolderStatus{{Identity: "nightly-2901", Lease: "nightly", Since: &since, Renewed: &since, SilentSeconds: 2, LeaseDurationSeconds: 15, Reserved: true}},
+		Waiters: []klock.WaiterStatus{}}}
+	var out bytes.Buffer
+	if err := printTable(&out, locks, t0, false); err != nil {
+		t.Fatal(err)
+	}
+	want := `LOCK     MAX  ROLE    IDENTITY      SINCE  RENEWED  TOKEN  STATE
+nightly  1    holder  nightly-2901  2s     2s ago   -      reserved
+`
+	if diff := cmp.Diff(want, out.String()); diff != "" {
+		t.Errorf("table (-want,+got):\n%s", diff)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 
 	"github.com/klock-io/klock/klock"
@@ -49,6 +50,14 @@ func TestReservationHandover(t *testing.T) {
 	}
 	if l := getLease(t, ns, "deploy"); holder(l) != "pod-a" || l.Annotations[klock.AnnotationReservation] != "uid-of-pod-a" {
 		t.Fatalf("reserved Lease: holder %q, annotations %v", holder(l), l.Annotations)
+	}
+
+	list, err := cp.Client.CoordinationV1().Leases(ns).List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if locks := klock.Locks(list.Items, time.Time{}, time.Now()); len(locks) != 1 || len(locks[0].Holders) != 1 || !locks[0].Holders[0].Reserved {
+		t.Errorf("klock status does not show the reservation: %+v", locks)
 	}
 
 	// Another contender queues behind the reservation.

@@ -78,6 +78,7 @@ type Reconciler struct {
 	mu      sync.Mutex
 	base    context.Context // the leader's; cancelled with errShutdown
 	workers map[types.NamespacedName]*worker
+	running sync.WaitGroup // every worker's goroutine, stopped or not
 	leases  map[string]klock.LeaseClient
 }
 
@@ -85,7 +86,6 @@ type Reconciler struct {
 type worker struct {
 	uid    types.UID
 	cancel context.CancelCauseFunc
-	done   chan struct{}
 	// gated is true while the worker waits for the lock with the pod
 	// still gated; a pod found ungated then was ungated by hand.
 	mu    sync.Mutex
@@ -113,7 +113,10 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	// leader election starts with it and is stopped with it.
 	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
 		<-ctx.Done()
+		// Under r.mu, so that no worker starts after it (see start).
+		r.mu.Lock()
 		cancel(errShutdown)
+		r.mu.Unlock()
 		r.stopAll()
 		return nil
 	})); err != nil {
@@ -195,7 +198,7 @@ func started(pod *corev1.Pod) bool {
 func (r *Reconciler) start(pod *corev1.Pod, gated bool) {
 	key := client.ObjectKeyFromObject(pod)
 	ctx, cancel := context.WithCancelCause(r.base)
-	w := &worker{uid: pod.UID, cancel: cancel, done: make(chan struct{}), gated: gated}
+	w := &worker{uid: pod.UID, cancel: cancel, gated: gated}
 	r.mu.Lock()
 	if r.base.Err() != nil {
 		r.mu.Unlock()
@@ -203,10 +206,11 @@ func (r *Reconciler) start(pod *corev1.Pod, gated bool) {
 		return
 	}
 	r.workers[key] = w
+	r.running.Add(1)
 	r.mu.Unlock()
 	pod = pod.DeepCopy()
 	go func() {
-		defer close(w.done)
+		defer r.running.Done()
 		defer func() {
 			r.mu.Lock()
 			if r.workers[key] == w {
@@ -221,29 +225,25 @@ func (r *Reconciler) start(pod *corev1.Pod, gated bool) {
 	}()
 }
 
-// stop ends the worker of key (of pod uid, or whichever), and waits for it.
+// stop ends the worker of key (of pod uid, or whichever). It does not wait
+// for the worker, whose release may take a renew deadline: the one
+// reconcile goroutine goes on to other pods meanwhile.
 func (r *Reconciler) stop(key types.NamespacedName, uid types.UID, cause error) {
 	r.mu.Lock()
 	w := r.workers[key]
-	r.mu.Unlock()
-	if w == nil || uid != "" && w.uid != uid {
-		return
+	if w != nil && (uid == "" || w.uid == uid) {
+		delete(r.workers, key) // a pod of the same name may get a worker at once
+	} else {
+		w = nil
 	}
-	w.cancel(cause)
-	<-w.done
+	r.mu.Unlock()
+	if w != nil {
+		w.cancel(cause)
+	}
 }
 
-func (r *Reconciler) stopAll() {
-	r.mu.Lock()
-	ws := make([]*worker, 0, len(r.workers))
-	for _, w := range r.workers {
-		ws = append(ws, w)
-	}
-	r.mu.Unlock()
-	for _, w := range ws {
-		<-w.done
-	}
-}
+// stopAll waits for every worker, once the base context has ended them.
+func (r *Reconciler) stopAll() { r.running.Wait() }
 
 // leaseClient returns the Lease client of namespace, made once.
 func (r *Reconciler) leaseClient(namespace string) (klock.LeaseClient, error) {
