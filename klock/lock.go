@@ -364,8 +364,14 @@ func (l *Lock) attempt(ctx context.Context, lease *coordinationv1.Lease, age tim
 		}
 		// When the process we join last wrote, as far as we can tell: a
 		// restarted process joining its own dead predecessor's hold need
-		// not leave the Lease to it for a whole lease duration.
-		joined = l.obs.seen
+		// not leave the Lease to it for a whole lease duration. A
+		// reservation taken up from another reserver (a new leader of the
+		// gate controller adopting the last one's) is no shared hold: its
+		// predecessor has stopped, runs no command, and a release must
+		// free the lock at once.
+		if l.cfg.Reservation == "" {
+			joined = l.obs.seen
+		}
 	}
 	desired := l.acquisition(lease, st, now)
 	// The write is not cancelled with ctx: cut off in flight, it might

@@ -242,3 +242,27 @@ func TestReservationOfAnotherPodOfTheSameName(t *testing.T) {
 		t.Fatalf("the successor's reservation: %v, want ErrHeld", err)
 	}
 }
+
+// A reservation taken up from a reserver that stopped (the next leader of
+// the gate controller) is its own: its release frees the lock at once,
+// rather than leaving it to the stopped one for a lease duration.
+func TestAdoptedReservationIsReleasedAtOnce(t *testing.T) {
+	ns := namespace(t)
+	cfg := reservation(ns, "adopted", "pod-e")
+	cfg.LeaseDuration, cfg.RenewDeadline = 30*time.Second, 20*time.Second
+	first, err := newLock(t, cp.Config, cfg).Acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	first.Abandon()
+	next, err := newLock(t, cp.Config, cfg).TryAcquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := next.Release(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if l := getLease(t, ns, "adopted"); holder(l) != "" || l.Annotations[klock.AnnotationReservation] != "" {
+		t.Fatalf("released, the adopted reservation is still held by %q, annotations %v", holder(l), l.Annotations)
+	}
+}
