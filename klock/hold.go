@@ -111,12 +111,12 @@ func (h *Hold) Release(ctx context.Context) error {
 	return h.releaseErr
 }
 
-// Abandon stops renewing without giving the Lease back, for a holder that
-// hands its hold to another process under the same identity: a reserver
-// that shuts down leaves its reservation for the next to adopt. The Lease
-// expires a lease duration after its last renewal unless that process
-// renews it. Release afterwards does nothing.
-func (h *Hold) Abandon() {
+// HandOver stops renewing without giving the Lease back, for a holder
+// that hands its hold over to another process under the same identity: a
+// reserver that shuts down leaves its reservation for the next to adopt.
+// The Lease expires a lease duration after its last renewal unless that
+// process renews it. Release afterwards does nothing.
+func (h *Hold) HandOver() {
 	h.releaseOnce.Do(func() {
 		h.cancel()
 		<-h.done

@@ -285,6 +285,26 @@ func TestReservationsOfPodsThatDoNotStart(t *testing.T) {
 	h := startsAs(t, ns, "expiring", "slow", 1)
 	_ = h.Release(context.Background())
 
+	// The start timeout counts from the reservation, not from the pod's
+	// creation: a pod that waited longer than it still gets its turn.
+	hold, err := newLock(t, cp.Config, fastConfig(ns, "long", "first")).Acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	createPod(t, ns, gatedPod("patient", "long", wrap.AnnotationStartTimeout, "3s"))
+	eventually(t, 10*time.Second, "the pod to queue", func() bool { return slices.Equal(queueOf(t, ns, "long"), []string{"patient"}) })
+	time.Sleep(4 * time.Second)
+	if err := hold.Release(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the pod to be let through", func() bool { return !isGated(t, ns, "patient") })
+	time.Sleep(time.Second)
+	if l := getLease(t, ns, "long"); holder(l) != "patient" {
+		t.Fatalf("a second after the pod was let through, the lock is held by %q: its reservation did not last its start timeout", holder(l))
+	}
+	h = startsAs(t, ns, "long", "patient", 1)
+	_ = h.Release(context.Background())
+
 	createPod(t, ns, gatedPod("deleted", "deleting", wrap.AnnotationStartTimeout, "1h"))
 	eventually(t, 10*time.Second, "the pod to be let through", func() bool { return !isGated(t, ns, "deleted") })
 	if holder(getLease(t, ns, "deleting")) != "deleted" {
@@ -433,4 +453,31 @@ func TestGatedPodWhoseAccountMayNotHoldTheLock(t *testing.T) {
 	if _, err := cp.Client.CoordinationV1().Leases(ns).Get(context.Background(), "theirs", metav1.GetOptions{}); err == nil {
 		t.Fatal("the controller wrote the Lease for a pod that may not hold it")
 	}
+}
+
+// A lock held under the pod's own name by another process (a pod of the
+// same name before it) keeps the pod gated, past its wait too: let
+// through, its klock would share that hold.
+func TestGatedPodNamedLikeAHolder(t *testing.T) {
+	startWebhook(t)
+	ns := namespace(t)
+	grantLeases(t, ns, "default")
+	twin, err := newLock(t, cp.Config, fastConfig(ns, "same", "twin")).Acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	createPod(t, ns, gatedPod("twin", "same", wrap.AnnotationWait, "2s"))
+	eventually(t, 10*time.Second, "an event saying why the pod waits", func() bool {
+		return hasEvent(t, ns, "twin", gate.ReasonWaiting, "held under the pod's own name by another process")
+	})
+	time.Sleep(3 * time.Second) // past its wait
+	if !isGated(t, ns, "twin") {
+		t.Fatalf("the pod was let through into another process's hold: %v", podEvents(t, ns, "twin"))
+	}
+	if err := twin.Release(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the pod to be let through, reserved", func() bool {
+		return !isGated(t, ns, "twin") && getLease(t, ns, "same").Annotations[klock.AnnotationReservation] != ""
+	})
 }

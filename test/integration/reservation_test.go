@@ -254,7 +254,7 @@ func TestAdoptedReservationIsReleasedAtOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	first.Abandon()
+	first.HandOver()
 	next, err := newLock(t, cp.Config, cfg).TryAcquire(context.Background())
 	if err != nil {
 		t.Fatal(err)

@@ -44,13 +44,15 @@ const (
 	ReasonNotReserved        = "LockNotReserved"
 )
 
-// Why a pod's worker stops: errPodGone releases its reservation at once;
-// errShutdown leaves it for the next leader to adopt (or to expire). Both
-// errShutdown and errUngated leave the pod's place in the queue to whoever
-// waits next under the pod's name: the next leader, or the pod's klock.
+// Why a pod's worker stops: errPodGone and errUngated release its
+// reservation at once and leave the queue; errShutdown leaves both for
+// the next leader, which waits under the same pod names (ErrKeepPlace),
+// adopts the reservation, or lets it expire. A pod ungated by hand does
+// not keep its place: nobody would leave it if the pod were deleted
+// before its klock started, and the lock would idle for a queue TTL.
 var (
 	errPodGone  = errors.New("the pod was deleted or has finished")
-	errUngated  = fmt.Errorf("the pod's gate was removed by somebody else: %w", klock.ErrKeepPlace)
+	errUngated  = errors.New("the pod's gate was removed by somebody else")
 	errShutdown = fmt.Errorf("the gate controller is shutting down: %w", klock.ErrKeepPlace)
 )
 
@@ -165,11 +167,13 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	case w != nil:
 	case !wrap.WrappedByAnyVersion(pod, r.Wrap):
 		// Only a pod whose klock will take the lock is reserved for; the
-		// gate of any other stays, as its author made it.
+		// gate of any other stays, as its author made it. Said once: the
+		// pod is not looked at again until it changes.
 		if gated {
 			r.Events.Eventf(pod, nil, corev1.EventTypeWarning, ReasonNotReserved, "Reserve",
 				"The pod is not wrapped by klock as the webhook wraps it, so its lock is never reserved and the gate %s stays: recreate it from its workload", wrap.SchedulingGate)
 		}
+		return ctrl.Result{}, nil
 	case gated:
 		r.start(pod, true)
 	case !started(pod):
@@ -211,6 +215,7 @@ func (r *Reconciler) start(pod *corev1.Pod, gated bool) {
 	pod = pod.DeepCopy()
 	go func() {
 		defer r.running.Done()
+		defer cancel(nil) // off r.base's children
 		defer func() {
 			r.mu.Lock()
 			if r.workers[key] == w {
@@ -221,6 +226,8 @@ func (r *Reconciler) start(pod *corev1.Pod, gated bool) {
 		log := ctrl.LoggerFrom(ctx).WithValues("pod", key)
 		if err := r.run(ctx, w, pod); err != nil && ctx.Err() == nil {
 			log.Error(err, "Gate worker failed")
+			r.Events.Eventf(pod, nil, corev1.EventTypeWarning, ReasonNotReserved, "Reserve",
+				"Cannot reserve the pod's lock: %v; tried again within %s", err, recheck)
 		}
 	}()
 }
@@ -297,10 +304,14 @@ func (r *Reconciler) run(ctx context.Context, w *worker, pod *corev1.Pod) error 
 	if err != nil {
 		return err
 	}
+	// The start timeout counts from the reservation: from now, for one
+	// made here after the pod's wait, or from when the last leader made
+	// it.
 	var h *klock.Hold
-	since := time.Now()
+	var since time.Time
 	if w.waiting() {
-		h, err = r.await(ctx, w, pod, lock, o)
+		h, err = r.await(ctx, w, pod, lock, o, startTimeout)
+		since = time.Now()
 	} else {
 		h, since, err = r.adopt(ctx, pod, lock)
 	}
@@ -308,17 +319,15 @@ func (r *Reconciler) run(ctx context.Context, w *worker, pod *corev1.Pod) error 
 		return err
 	}
 	left := min(max(startTimeout-time.Since(since), 0), startTimeout)
-	return r.keep(ctx, pod, h, lockName(cfg), left, startTimeout)
+	return r.keep(ctx, pod, h, cfg.Name, left, startTimeout)
 }
-
-func lockName(cfg klock.Config) string { return cfg.Name }
 
 // await waits in the lock's queue for the pod's turn, reserves the lock
 // and removes the gate. It lets the pod through unreserved when its wait
 // (klock.io/wait) has elapsed, so that its klock exits with the conflict
 // code as it would have, or when reserving fails for good, so that its
 // klock reports the same error where its author looks.
-func (r *Reconciler) await(ctx context.Context, w *worker, pod *corev1.Pod, lock *klock.Lock, o *cli.Options) (*klock.Hold, error) {
+func (r *Reconciler) await(ctx context.Context, w *worker, pod *corev1.Pod, lock *klock.Lock, o *cli.Options, startTimeout time.Duration) (*klock.Hold, error) {
 	name := lock.Config().Name
 	waitCtx, cancel := ctx, context.CancelFunc(func() {})
 	if o.Wait > 0 || o.NonBlock {
@@ -332,36 +341,44 @@ func (r *Reconciler) await(ctx context.Context, w *worker, pod *corev1.Pod, lock
 	}
 	// One attempt even when the wait has elapsed already, as klock makes.
 	h, err := lock.TryAcquire(ctx)
-	var held *klock.HeldError
-	if err != nil && waitCtx.Err() == nil && (!klock.Permanent(err) || errors.Is(err, klock.ErrTakenOver)) {
-		if errors.As(err, &held) {
+	if err != nil && !klock.Permanent(err) || errors.Is(err, klock.ErrTakenOver) {
+		var held *klock.HeldError
+		switch {
+		case waitCtx.Err() != nil: // no waiting to report
+		case errors.As(err, &held):
 			r.Events.Eventf(pod, nil, corev1.EventTypeNormal, ReasonWaiting, "Wait",
 				"Waiting for lock %s (held by %s, position %d of %d)", name, holderText(held.Holder), held.Waiters+1, held.Waiters+1)
+		case errors.Is(err, klock.ErrTakenOver):
+			r.Events.Eventf(pod, nil, corev1.EventTypeNormal, ReasonWaiting, "Wait",
+				"Waiting for lock %s, held under the pod's own name by another process (a pod of the same name before this one): let through, its klock would share that hold", name)
 		}
 		gatedPods.add(pod.Namespace, name, 1)
 		defer gatedPods.add(pod.Namespace, name, -1)
-		h, err = r.acquire(waitCtx, lock)
+		h, err = r.acquire(ctx, waitCtx, lock)
 	}
 	switch {
 	case err == nil:
 	case ctx.Err() != nil:
 		return nil, nil // stopped: the pod went, or the leadership
-	case errors.As(err, &held):
+	case errors.Is(err, klock.ErrHeld):
 		r.Events.Eventf(pod, nil, corev1.EventTypeNormal, ReasonWaitElapsed, "Ungate",
 			"The pod's wait for lock %s has elapsed at the scheduler: letting it through unreserved; its klock waits up to its own wait again, then exits with the conflict exit code", name)
-		return nil, r.ungate(ctx, pod)
+		return nil, r.ungate(ctx, pod, time.Minute)
 	default:
 		r.Events.Eventf(pod, nil, corev1.EventTypeWarning, ReasonNotReserved, "Reserve",
-			"Cannot reserve lock %s: %v; letting the pod through, and its klock waits for the lock itself", name, err)
-		return nil, errors.Join(err, r.ungate(ctx, pod))
+			"Cannot reserve lock %s: %v; letting the pod through, where its klock meets the same error or waits for the lock itself", name, err)
+		return nil, errors.Join(err, r.ungate(ctx, pod, time.Minute))
 	}
 	w.setWaiting(false) // the pod ungated from here on is ours to keep
-	gated := time.Since(pod.CreationTimestamp.Time)
-	gatedSeconds.Observe(gated.Seconds())
-	if err := r.ungate(ctx, pod); err != nil {
+	// The gate is removed while the reservation is renewed, for as long
+	// as the pod would have to start: a pod that cannot be ungated in
+	// that time does not keep the lock from everybody else.
+	if err := r.ungate(ctx, pod, startTimeout); err != nil {
 		release(h)
 		return nil, err
 	}
+	gated := time.Since(pod.CreationTimestamp.Time)
+	gatedSeconds.Observe(gated.Seconds())
 	r.Events.Eventf(pod, nil, corev1.EventTypeNormal, ReasonReserved, "Ungate",
 		"Lock %s reserved for the pod after %s gated; starting", name, gated.Round(time.Millisecond))
 	return h, nil
@@ -404,26 +421,40 @@ func (r *Reconciler) permitted(ctx context.Context, pod *corev1.Pod, name string
 	return nil
 }
 
-// acquire is Acquire, retried after errors that may pass. A lock held
-// under the pod's name without a reservation (ErrTakenOver) is held by
-// another process of that name, not by this pod, whose klock has not
-// started: a pod deleted while its klock still runs on a lost node, whose
-// successor took its name. The pod stays gated until that hold ends,
-// since its klock would join it (the same identity) and run alongside.
-func (r *Reconciler) acquire(ctx context.Context, lock *klock.Lock) (*klock.Hold, error) {
+// acquire waits for the lock until waitCtx ends, retrying after errors
+// that may pass. A lock held under the pod's name without a reservation
+// (ErrTakenOver) is held by another process of that name, not by this
+// pod, whose klock has not started: a pod deleted while its klock still
+// runs on a lost node, whose successor took its name. The pod stays gated
+// until that hold ends, its wait elapsed or not, since its klock would
+// join that hold (the same identity) and run alongside it.
+func (r *Reconciler) acquire(ctx, waitCtx context.Context, lock *klock.Lock) (*klock.Hold, error) {
+	cfg := lock.Config()
 	for {
-		h, err := lock.Acquire(ctx)
-		if err == nil || ctx.Err() != nil || errors.Is(err, klock.ErrHeld) || klock.Permanent(err) && !errors.Is(err, klock.ErrTakenOver) {
-			return h, err
+		var h *klock.Hold
+		var err error
+		if waitCtx.Err() == nil {
+			h, err = lock.Acquire(waitCtx)
+		} else {
+			h, err = lock.TryAcquire(ctx) // the wait is over: one more try
 		}
-		pause := lock.Config().RetryPeriod
-		if errors.Is(err, klock.ErrTakenOver) {
-			pause = lock.Config().LeaseDuration
+		pause := cfg.RetryPeriod
+		switch {
+		case err == nil:
+			return h, nil
+		case ctx.Err() != nil:
+			return nil, context.Cause(ctx)
+		case errors.Is(err, klock.ErrTakenOver):
+			pause = cfg.LeaseDuration
+		case errors.Is(err, klock.ErrHeld) || klock.Permanent(err):
+			return nil, err
+		case waitCtx.Err() != nil:
+			return nil, fmt.Errorf("%w (last error: %v)", context.Cause(waitCtx), err)
 		}
 		ctrl.LoggerFrom(ctx).V(1).Info("Reserving failed; retrying", "err", err.Error())
 		select {
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, context.Cause(ctx)
 		case <-time.After(pause):
 		}
 	}
@@ -444,25 +475,52 @@ func (r *Reconciler) adopt(ctx context.Context, pod *corev1.Pod, lock *klock.Loc
 	if err != nil {
 		return nil, time.Time{}, err
 	}
-	var since time.Time
-	for _, name := range klock.SlotNames(cfg.Name, cfg.MaxHolders) {
-		l, err := leases.Get(ctx, name, metav1.GetOptions{})
-		if err == nil && l.Spec.HolderIdentity != nil && *l.Spec.HolderIdentity == pod.Name && l.Annotations[klock.AnnotationReservation] == string(pod.UID) {
-			since = time.Now()
-			if l.Spec.AcquireTime != nil && l.Spec.AcquireTime.Time.Before(since) {
-				since = l.Spec.AcquireTime.Time // when it was reserved: a join keeps it
+	// Errors that may pass are retried for a lease duration: by then an
+	// unrenewed reservation has expired anyway.
+	until := time.Now().Add(cfg.LeaseDuration)
+	for {
+		since, err := reservedSince(ctx, leases, pod, cfg)
+		if err == nil && since.IsZero() {
+			return nil, time.Time{}, nil // none: the pod's klock waits its turn itself
+		}
+		var h *klock.Hold
+		if err == nil {
+			if h, err = lock.TryAcquire(ctx); err == nil {
+				return h, since, nil
 			}
-			break
+		}
+		if errors.Is(err, klock.ErrHeld) || klock.Permanent(err) || ctx.Err() != nil || time.Now().After(until) {
+			return nil, time.Time{}, nil // taken over, expired and taken: the pod's klock sees to it
+		}
+		select {
+		case <-ctx.Done():
+			return nil, time.Time{}, nil
+		case <-time.After(cfg.RetryPeriod):
 		}
 	}
-	if since.IsZero() {
-		return nil, time.Time{}, nil
+}
+
+// reservedSince returns when the lock was reserved for pod, zero if no
+// slot of it is: the time the last leader wrote as the slot's
+// acquireTime, which a join keeps, and never later than now.
+func reservedSince(ctx context.Context, leases klock.LeaseClient, pod *corev1.Pod, cfg klock.Config) (time.Time, error) {
+	for _, name := range klock.SlotNames(cfg.Name, cfg.MaxHolders) {
+		l, err := leases.Get(ctx, name, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			continue
+		case err != nil:
+			return time.Time{}, err
+		}
+		if l.Spec.HolderIdentity != nil && *l.Spec.HolderIdentity == pod.Name && l.Annotations[klock.AnnotationReservation] == string(pod.UID) {
+			since := time.Now()
+			if l.Spec.AcquireTime != nil && l.Spec.AcquireTime.Time.Before(since) {
+				since = l.Spec.AcquireTime.Time
+			}
+			return since, nil
+		}
 	}
-	h, err := lock.TryAcquire(ctx)
-	if err != nil {
-		return nil, time.Time{}, nil // taken over, expired and taken, or unreadable: the pod's klock sees to it
-	}
-	return h, since, nil
+	return time.Time{}, nil
 }
 
 // keep renews the reservation until the pod's klock takes it over, and
@@ -480,13 +538,16 @@ func (r *Reconciler) keep(ctx context.Context, pod *corev1.Pod, h *klock.Hold, n
 		return nil
 	case <-timer.C:
 		release(h)
+		if errors.Is(h.Err(), klock.ErrTakenOver) {
+			return nil // the pod's klock came at the last moment
+		}
 		reservationsExpired.Inc()
 		r.Events.Eventf(pod, nil, corev1.EventTypeWarning, ReasonReservationExpired, "Release",
 			"Released lock %s: the pod's klock did not start within %s of its reservation (klock.io/start-timeout); it waits for the lock like any other when it starts", name, startTimeout)
 		return nil
 	case <-ctx.Done():
 		if errors.Is(context.Cause(ctx), errShutdown) {
-			h.Abandon() // the next leader adopts it, or it expires
+			h.HandOver() // the next leader adopts it, or it expires
 		} else {
 			release(h)
 		}
@@ -504,8 +565,10 @@ func release(h *klock.Hold) {
 
 // ungate removes klock's scheduling gate from the pod, conditionally on
 // the version read (the gates are one list), reading the pod again after
-// a conflict.
-func (r *Reconciler) ungate(ctx context.Context, pod *corev1.Pod) error {
+// a conflict, and retrying other errors for up to within.
+func (r *Reconciler) ungate(ctx context.Context, pod *corev1.Pod, within time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, within)
+	defer cancel()
 	cur := pod.DeepCopy()
 	for attempt := 0; ; attempt++ {
 		if !wrap.Gated(cur) {
@@ -519,21 +582,22 @@ func (r *Reconciler) ungate(ctx context.Context, pod *corev1.Pod) error {
 			return nil
 		case apierrors.IsNotFound(err):
 			return errPodGone
-		case !apierrors.IsConflict(err) && attempt >= 5 || ctx.Err() != nil:
+		case ctx.Err() != nil:
 			return fmt.Errorf("cannot remove the scheduling gate %s: %w", wrap.SchedulingGate, err)
 		}
 		if !apierrors.IsConflict(err) {
+			ctrl.LoggerFrom(ctx).V(1).Info("Removing the gate failed; retrying", "err", err.Error())
 			select {
 			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(time.Duration(attempt+1) * 200 * time.Millisecond):
+				return fmt.Errorf("cannot remove the scheduling gate %s: %w", wrap.SchedulingGate, err)
+			case <-time.After(min(time.Duration(attempt+1)*200*time.Millisecond, 5*time.Second)):
 			}
 		}
 		if err := r.API.Get(ctx, client.ObjectKeyFromObject(pod), cur); err != nil {
 			if apierrors.IsNotFound(err) {
 				return errPodGone
 			}
-			return err
+			continue // read again, or give up when ctx ends
 		}
 		if cur.UID != pod.UID {
 			return errPodGone
