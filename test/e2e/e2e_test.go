@@ -43,14 +43,16 @@ import (
 // reported once all have run.
 func TestE2E(t *testing.T) {
 	t.Run("with the webhook", func(t *testing.T) {
+		// The CronJob scenarios first: they take minutes, mostly waiting,
+		// and the others run beside them (see the parallelism in main).
 		t.Run("CronJob runs wait for each other", testCronJobWaits)
+		t.Run("gated CronJob runs wait at the scheduler", testCronJobGated)
 		t.Run("CronJob skips a run while one is running", testCronJobSkips)
 		t.Run("Deployment replicas take turns", testDeploymentHandover)
 		t.Run("image ENTRYPOINT and CMD from a registry", testImageEntrypoint)
 		t.Run("service account without Lease permissions", testLeasePermissions)
 		t.Run("a ClusterLockPolicy wraps a Job and grants its Lease", testPolicyLeaseAccess)
 		t.Run("SIGTERM reaches the command and the Lease is released", testSignals)
-		t.Run("gated CronJob runs wait at the scheduler", testCronJobGated)
 		t.Run("gated replicas of a counting lock", testGatedCountingLock)
 		t.Run("gated pods take turns", testGatedTurns)
 	})
