@@ -349,6 +349,57 @@ func TestPodPatchGates(t *testing.T) {
 	}
 }
 
+// The handler gates by the request's namespace (the pod carries none on
+// create): outside --gating-namespaces, a pod that asks to be gated is
+// denied, and gating default leaves the others ungated.
+func TestPodHandlerGatingNamespaces(t *testing.T) {
+	asks := builders.MakePod("p", "").Lease("x").Annotation(wrap.AnnotationGate, "true").Container("app", "busybox", "true").Obj()
+	silent := builders.MakePod("p", "").Lease("x").Container("app", "busybox", "true").Obj()
+	for _, tc := range []struct {
+		name       string
+		gating     wrap.Gating
+		namespaces []string // the request's is ns
+		pod        *corev1.Pod
+		gated      bool
+		denied     string
+	}{
+		{name: "opt-in: asked for in a gating namespace", gating: wrap.GatingOptIn, namespaces: []string{"ns"}, pod: asks, gated: true},
+		{name: "opt-in: asked for elsewhere", gating: wrap.GatingOptIn, namespaces: []string{"team-a"}, pod: asks,
+			denied: `the gate controller does not act in namespace "ns" (klock-webhook --gating-namespaces, chart value gatingNamespaces)`},
+		{name: "default: in a gating namespace", gating: wrap.GatingDefault, namespaces: []string{"team-a", "ns"}, pod: silent, gated: true},
+		{name: "default: elsewhere, not gated", gating: wrap.GatingDefault, namespaces: []string{"team-a"}, pod: silent},
+		{name: "default: asked for elsewhere", gating: wrap.GatingDefault, namespaces: []string{"team-a"}, pod: asks,
+			denied: `the gate controller does not act in namespace "ns"`},
+		{name: "default: every namespace when none is given", gating: wrap.GatingDefault, pod: silent, gated: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			opts := testOptions
+			opts.Gating, opts.GatingNamespaces = tc.gating, tc.namespaces
+			req := podRequest(admissionv1.Create, rawPod(t, tc.pod))
+			resp := NewPodHandler(Scheme(), opts, nil, nil).Handle(context.Background(), req)
+			if tc.denied != "" {
+				if resp.Allowed || resp.Result == nil || !strings.Contains(resp.Result.Message, tc.denied) {
+					t.Errorf("allowed %v, result %+v, want a denial containing %q", resp.Allowed, resp.Result, tc.denied)
+				}
+				return
+			}
+			if !resp.Allowed {
+				t.Fatalf("denied: %+v", resp.Result)
+			}
+			var pod corev1.Pod
+			if err := json.Unmarshal(apply(t, req.Object.Raw, resp), &pod); err != nil {
+				t.Fatal(err)
+			}
+			if !wrap.Wrapped(&pod, opts) {
+				t.Error("not wrapped")
+			}
+			if wrap.Gated(&pod) != tc.gated || (pod.Labels[wrap.LabelGated] == "true") != tc.gated {
+				t.Errorf("gates %v, labels %v; want gated %v", pod.Spec.SchedulingGates, pod.Labels, tc.gated)
+			}
+		})
+	}
+}
+
 // Called again after another webhook put its wrapper in front of klock
 // (reinvocation), the handler puts klock back in front; called once more,
 // it changes nothing.

@@ -169,8 +169,10 @@ type ClusterLockPolicySpec struct {
 	// (klock.io/gate): created with the scheduling gate klock.io/lock, on
 	// no node and holding nothing, until the lock is reserved for them.
 	// Unset: the webhook's --gating decides (opt-in: not gated; default:
-	// gated). With --gating=off, a policy that sets true has its pods
-	// denied. A pod's own klock.io/gate overrides it, with or without
+	// gated). With --gating=off, or in a namespace outside
+	// --gating-namespaces, a policy that sets true has its pods denied
+	// (and unset, its pods there are not gated). A pod's own
+	// klock.io/gate overrides it, with or without
 	// allowSkip: where a pod waits does not change who holds the lock.
 	// +optional
 	Gate *bool `json:"gate,omitempty"`

@@ -9,6 +9,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/pflag"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/klock-io/klock/webhook/images"
 	"github.com/klock-io/klock/webhook/leaseaccess"
@@ -56,6 +57,11 @@ type Options struct {
 	// (wrap.Gating): off, opt-in or default. The gate controller, which
 	// lets them through, runs unless it is off.
 	Gating wrap.Gating
+	// GatingNamespaces, when not empty, are the only namespaces where the
+	// gate controller watches and lets pods through, and whose pods the
+	// webhook gates (wrap.Options.GatingNamespaces): the controller then
+	// needs pods list and watch only there. Empty: every namespace.
+	GatingNamespaces []string
 
 	// SelfManagedTLS: the webhook makes and rotates its own CA and serving
 	// certificate in TLSSecret, writes them into CertDir, and puts the CA
@@ -113,6 +119,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.Policies, "policies", o.Policies, "Apply ClusterLockPolicies (their CRD must be installed).")
 	fs.StringVar(&o.LeaseAccess, "lease-access", o.LeaseAccess, "Keep a Role and RoleBinding for the Lease of each wrapped workload: off, policy (where the ClusterLockPolicy sets grantLeaseAccess) or all.")
 	fs.StringVar((*string)(&o.Gating), "gating", string(o.Gating), "Which wrapped pods wait for their lock unscheduled, behind the scheduling gate klock.io/lock: off (none; a pod annotated klock.io/gate: \"true\" is denied), opt-in (those annotated klock.io/gate: \"true\") or default (all but those annotated klock.io/gate: \"false\").")
+	fs.StringSliceVar(&o.GatingNamespaces, "gating-namespaces", o.GatingNamespaces, "Unless --gating=off: the only namespaces (comma-separated) where the gate controller watches pods and lets them through, and whose pods are gated; elsewhere a pod annotated klock.io/gate: \"true\" is denied. Empty: every namespace.")
 	fs.BoolVar(&o.LeaderElect, "leader-elect", o.LeaderElect, "Let one replica at a time run the controllers; every replica serves.")
 	fs.StringVar(&o.LeaderElectionNamespace, "leader-election-namespace", o.LeaderElectionNamespace, "Namespace of the leader election Lease (default: the --tls-secret's with --self-managed-tls, else the pod's own).")
 }
@@ -170,6 +177,11 @@ func (o *Options) Validate() error {
 	case wrap.GatingOff, wrap.GatingOptIn, wrap.GatingDefault:
 	default:
 		errs = append(errs, fmt.Errorf("--gating %q: give off, opt-in or default", o.Gating))
+	}
+	for _, ns := range o.GatingNamespaces {
+		if msgs := validation.IsDNS1123Label(ns); len(msgs) > 0 {
+			errs = append(errs, fmt.Errorf("--gating-namespaces: %q is not a namespace name: give namespace names (DNS-1123 labels: lowercase letters, digits and '-', at most 63 characters), comma-separated, such as team-a,team-b", ns))
+		}
 	}
 	if o.Port < 1 || o.Port > 65535 {
 		errs = append(errs, fmt.Errorf("--webhook-port %d: give a port from 1 to 65535", o.Port))

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"maps"
 	"net/http/httptest"
 	"slices"
 	"strconv"
@@ -18,6 +19,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 
 	"github.com/klock-io/klock/webhook/images"
 	"github.com/klock-io/klock/webhook/wrap"
@@ -54,6 +56,10 @@ func TestOptions(t *testing.T) {
 		{args: []string{"--klock-image", "x", "--webhook-configuration", ""}, want: "--webhook-configuration is required with --policies"},
 		{args: []string{"--klock-image", "x", "--gating", "always"}, want: `--gating "always": give off, opt-in or default`},
 		{args: []string{"--klock-image", "x", "--gating", ""}, want: `--gating "": give off, opt-in or default`},
+		{args: []string{"--klock-image", "x", "--gating-namespaces", "team-a,Team-B"}, want: `--gating-namespaces: "Team-B" is not a namespace name: give namespace names (DNS-1123 labels`},
+		{args: []string{"--klock-image", "x", "--gating-namespaces", "team-a,,team-b"}, want: `--gating-namespaces: "" is not a namespace name`},
+		{args: []string{"--klock-image", "x", "--gating-namespaces", "team.a"}, want: `--gating-namespaces: "team.a" is not a namespace name`},
+		{args: []string{"--klock-image", "x", "--gating-namespaces", strings.Repeat("a", 64)}, want: "is not a namespace name: give namespace names (DNS-1123 labels: lowercase letters, digits and '-', at most 63 characters), comma-separated, such as team-a,team-b"},
 	} {
 		if _, err := parse(tc.args...); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: error %v, want one containing %q", tc.args, err, tc.want)
@@ -79,6 +85,59 @@ func TestGatingOption(t *testing.T) {
 		}
 		if o.Gating != want || o.wrapOptions().Gating != want {
 			t.Errorf("%q: gating %q, wrap options %q; want %q", args, o.Gating, o.wrapOptions().Gating, want)
+		}
+	}
+}
+
+// --gating-namespaces reaches the pod mutation, and narrows the gate
+// controller's pod cache to those namespaces, keeping its label selector,
+// so that it lists and watches pods there only; without it, every
+// namespace.
+func TestGatingNamespacesOption(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want []string // nil: every namespace
+	}{
+		{args: nil},
+		{args: []string{"--gating-namespaces=team-a,team-b"}, want: []string{"team-a", "team-b"}},
+		{args: []string{"--gating-namespaces", "team-a", "--gating-namespaces", "team-b"}, want: []string{"team-a", "team-b"}},
+		{args: []string{"--gating=default", "--gating-namespaces=apps"}, want: []string{"apps"}},
+	} {
+		o := NewOptions()
+		fs := pflag.NewFlagSet("klock-webhook", pflag.ContinueOnError)
+		o.AddFlags(fs)
+		if err := fs.Parse(append([]string{"--klock-image", "x"}, tc.args...)); err != nil {
+			t.Fatal(err)
+		}
+		if err := o.Validate(); err != nil {
+			t.Fatalf("%q: %v", tc.args, err)
+		}
+		if !slices.Equal(o.GatingNamespaces, tc.want) || !slices.Equal(o.wrapOptions().GatingNamespaces, tc.want) {
+			t.Errorf("%q: gating namespaces %q, wrap options %q; want %q", tc.args, o.GatingNamespaces, o.wrapOptions().GatingNamespaces, tc.want)
+		}
+		var pods *cache.ByObject
+		for obj, by := range managerOptions(o, nil).Cache.ByObject {
+			if _, ok := obj.(*corev1.Pod); ok {
+				if pods != nil {
+					t.Fatalf("%q: two cache entries for pods", tc.args)
+				}
+				pods = &by
+			}
+		}
+		if pods == nil {
+			t.Fatalf("%q: no cache entry for pods", tc.args)
+		}
+		if got := pods.Label.String(); got != wrap.LabelGated+"=true" {
+			t.Errorf("%q: pods cached by label %q, want the gated ones", tc.args, got)
+		}
+		if tc.want == nil {
+			if pods.Namespaces != nil {
+				t.Errorf("%q: pods cached in %v, want every namespace", tc.args, pods.Namespaces)
+			}
+			continue
+		}
+		if got := slices.Sorted(maps.Keys(pods.Namespaces)); !slices.Equal(got, tc.want) {
+			t.Errorf("%q: pods cached in %q, want %q", tc.args, got, tc.want)
 		}
 	}
 }

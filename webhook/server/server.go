@@ -121,9 +121,7 @@ func managerOptions(o *Options, server ctrlwebhook.Server) ctrl.Options {
 		&admissionregistrationv1.MutatingWebhookConfiguration{}: {Field: fields.OneTermEqualSelector("metadata.name", o.WebhookConfiguration)},
 		&rbacv1.Role{}:        {Label: managed},
 		&rbacv1.RoleBinding{}: {Label: managed},
-		// The gate controller's pods: those the webhook gated, without
-		// their managed fields (anyone may label a pod so).
-		&corev1.Pod{}: {Label: labels.SelectorFromSet(labels.Set{wrap.LabelGated: "true"}), Transform: cache.TransformStripManagedFields()},
+		&corev1.Pod{}:         gatedPods(o),
 	}
 	for _, obj := range policy.WorkloadObjects() {
 		mo.Cache.ByObject[obj] = cache.ByObject{Transform: policy.TrimWorkload}
@@ -134,6 +132,22 @@ func managerOptions(o *Options, server ctrlwebhook.Server) ctrl.Options {
 		mo.Cache.ByObject[&corev1.Secret{}] = cache.ByObject{Namespaces: map[string]cache.Config{secret.Namespace: {}}, Field: fields.OneTermEqualSelector("metadata.name", secret.Name)}
 	}
 	return mo
+}
+
+// gatedPods is the cache of the gate controller's pods: those the webhook
+// gated, without their managed fields (anyone may label a pod so), and
+// with --gating-namespaces only in those, so that the controller needs
+// pods list and watch there only, not in every namespace (RBAC cannot
+// grant by label).
+func gatedPods(o *Options) cache.ByObject {
+	pods := cache.ByObject{Label: labels.SelectorFromSet(labels.Set{wrap.LabelGated: "true"}), Transform: cache.TransformStripManagedFields()}
+	if len(o.GatingNamespaces) > 0 {
+		pods.Namespaces = map[string]cache.Config{}
+		for _, ns := range o.GatingNamespaces {
+			pods.Namespaces[ns] = cache.Config{}
+		}
+	}
+	return pods
 }
 
 // tlsSecret is --tls-secret, which Validate checked.
@@ -297,7 +311,7 @@ func certsPresent(dir string) bool {
 // ~/.kube/config in the image, KUBERNETES_SERVICE_HOST) can point klock at
 // a server of the pod author's that grants every lock.
 func (o *Options) wrapOptions() wrap.Options {
-	opts := wrap.Options{Image: o.KlockImage, ImagePullPolicy: corev1.PullPolicy(o.ImagePullPolicy), Gating: o.Gating}
+	opts := wrap.Options{Image: o.KlockImage, ImagePullPolicy: corev1.PullPolicy(o.ImagePullPolicy), Gating: o.Gating, GatingNamespaces: o.GatingNamespaces}
 	if ic, err := rest.InClusterConfig(); err == nil {
 		if ca, err := os.ReadFile(ic.TLSClientConfig.CAFile); err == nil {
 			opts.APIServer, opts.APICA = ic.Host, string(ca)

@@ -86,9 +86,10 @@ func CheckGate(annotations map[string]string) field.ErrorList {
 }
 
 // gates reports whether opts gate pod, which asks for klock, by its
-// annotations; the errors say what to fix: a value of klock.io/gate or
-// klock.io/start-timeout that is not one, klock.io/gate "true" where
-// gating is off, and klock's scheduling gate on a pod that is not to be
+// annotations and its namespace; the errors say what to fix: a value of
+// klock.io/gate or klock.io/start-timeout that is not one, klock.io/gate
+// "true" where gating is off or in a namespace the gate controller does
+// not act in, and klock's scheduling gate on a pod that is not to be
 // gated, which nothing would ever remove.
 func (opts Options) gates(pod *corev1.Pod) (bool, field.ErrorList) {
 	errs := CheckGate(pod.Annotations)
@@ -97,28 +98,42 @@ func (opts Options) gates(pod *corev1.Pod) (bool, field.ErrorList) {
 	if asked && err != nil {
 		return false, errs
 	}
+	unask := "remove the annotation"
+	if _, ok := pod.Annotations[AnnotationPolicy]; ok {
+		unask = "remove the annotation, or spec.gate of the ClusterLockPolicy that sets it"
+	}
 	var on bool
 	switch opts.Gating {
 	case GatingOff:
 		if asked && want {
-			fix := "remove the annotation"
-			if _, ok := pod.Annotations[AnnotationPolicy]; ok {
-				fix = "remove the annotation, or spec.gate of the ClusterLockPolicy that sets it"
-			}
 			errs = append(errs, field.Forbidden(annotationsPath.Key(AnnotationGate),
-				fmt.Sprintf("gating is off in this cluster (klock-webhook --gating=off, chart value gating): %s, and the pod waits for its lock in its running container", fix)))
+				fmt.Sprintf("gating is off in this cluster (klock-webhook --gating=off, chart value gating): %s, and the pod waits for its lock in its running container", unask)))
 		}
 	case GatingDefault:
 		on = !asked || want
 	default: // GatingOptIn, and the zero value
 		on = asked && want
 	}
+	outside := opts.Gating != GatingOff && !opts.gatesIn(pod.Namespace)
+	if outside && asked && want {
+		// Asked for in so many words (or by a policy): never ignored.
+		errs = append(errs, field.Forbidden(annotationsPath.Key(AnnotationGate),
+			fmt.Sprintf("the gate controller does not act in namespace %q (klock-webhook --gating-namespaces, chart value gatingNamespaces): %s, and the pod waits for its lock in its running container; or have the namespace added to gatingNamespaces", pod.Namespace, unask)))
+	}
+	if outside {
+		// With gating default, a pod here is simply not gated: nothing
+		// would let it through.
+		on = false
+	}
 	if i := gateIndex(pod); !on && i >= 0 {
 		why, fix := fmt.Sprintf("gating is %s and the pod has no %s annotation", opts.gating(), AnnotationGate), fmt.Sprintf(`remove the gate, or set %s: "true"`, AnnotationGate)
 		if asked {
 			why = fmt.Sprintf("gating is %s and %s is %q", opts.gating(), AnnotationGate, v)
 		}
-		if opts.Gating == GatingOff {
+		if outside {
+			why = fmt.Sprintf("the gate controller does not act in namespace %q", pod.Namespace)
+		}
+		if opts.Gating == GatingOff || outside {
 			fix = "remove the gate"
 		}
 		errs = append(errs, field.Forbidden(schedulingGatesPath.Index(i).Child("name"),
@@ -130,6 +145,12 @@ func (opts Options) gates(pod *corev1.Pod) (bool, field.ErrorList) {
 // gateIndex is the index of klock's scheduling gate in pod's, or -1.
 func gateIndex(pod *corev1.Pod) int {
 	return slices.IndexFunc(pod.Spec.SchedulingGates, func(g corev1.PodSchedulingGate) bool { return g.Name == SchedulingGate })
+}
+
+// gatesIn reports whether the gate controller acts in namespace: any, when
+// opts.GatingNamespaces is empty.
+func (opts Options) gatesIn(namespace string) bool {
+	return len(opts.GatingNamespaces) == 0 || slices.Contains(opts.GatingNamespaces, namespace)
 }
 
 // gating is opts.Gating, GatingOptIn for the zero value.

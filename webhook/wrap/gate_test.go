@@ -29,8 +29,10 @@ func TestMutateGates(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		gating wrap.Gating
-		pod    *corev1.Pod
-		want   *corev1.Pod
+		// namespaces are --gating-namespaces; the pod's is ns.
+		namespaces []string
+		pod        *corev1.Pod
+		want       *corev1.Pod
 	}{
 		{name: "opt-in: gated when asked", gating: wrap.GatingOptIn,
 			pod:  job().Annotation(wrap.AnnotationGate, "true").Container("app", "busybox", "work").Obj(),
@@ -68,9 +70,28 @@ func TestMutateGates(t *testing.T) {
 		{name: "a pod created wrapped, without its gate, is gated as any other", gating: wrap.GatingOptIn,
 			pod:  wrapped(job().Annotation(wrap.AnnotationGate, "true")).Obj(),
 			want: wrapped(job().Annotation(wrap.AnnotationGate, "true")).Gated().Obj()},
+		{name: "opt-in: gated when asked in a gating namespace", gating: wrap.GatingOptIn, namespaces: []string{"team-a", "ns"},
+			pod:  job().Annotation(wrap.AnnotationGate, "true").Container("app", "busybox", "work").Obj(),
+			want: wrapped(job().Annotation(wrap.AnnotationGate, "true")).Gated().Obj()},
+		{name: "default: gated without a word in a gating namespace", gating: wrap.GatingDefault, namespaces: []string{"ns"},
+			pod:  job().Container("app", "busybox", "work").Obj(),
+			want: wrapped(job()).Gated().Obj()},
+		{name: "default: not gated outside the gating namespaces", gating: wrap.GatingDefault, namespaces: []string{"team-a"},
+			pod:  job().Container("app", "busybox", "work").Obj(),
+			want: wrapped(job()).Obj()},
+		{name: "default: klock.io/gate false is fine outside the gating namespaces", gating: wrap.GatingDefault, namespaces: []string{"team-a"},
+			pod:  job().Annotation(wrap.AnnotationGate, "false").Container("app", "busybox", "work").Obj(),
+			want: wrapped(job().Annotation(wrap.AnnotationGate, "false")).Obj()},
+		{name: "opt-in: not gated unless asked, outside the gating namespaces", gating: wrap.GatingOptIn, namespaces: []string{"team-a"},
+			pod:  job().Container("app", "busybox", "work").Obj(),
+			want: wrapped(job()).Obj()},
+		{name: "off: the gating namespaces change nothing", gating: wrap.GatingOff, namespaces: []string{"team-a"},
+			pod:  job().Container("app", "busybox", "work").Obj(),
+			want: wrapped(job()).Obj()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			opts := gating(tc.gating)
+			opts.GatingNamespaces = tc.namespaces
 			got := tc.pod.DeepCopy()
 			if _, err := wrap.Mutate(got, opts, nil); err != nil {
 				t.Fatal(err)
@@ -80,6 +101,10 @@ func TestMutateGates(t *testing.T) {
 			}
 			if !wrap.Wrapped(got, opts) {
 				t.Error("not Wrapped")
+			}
+			// Whether a pod is wrapped does not depend on gating.
+			if !wrap.Wrapped(got, testOptions) || !wrap.WrappedByAnyVersion(got, testOptions) {
+				t.Error("not Wrapped without the gating options")
 			}
 			if wrap.Gated(got) != wrap.Gated(tc.want) {
 				t.Errorf("Gated = %v", wrap.Gated(got))
@@ -102,8 +127,10 @@ func TestMutateGateDenies(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		gating wrap.Gating
-		pod    *corev1.Pod
-		want   []string // each must appear in the message
+		// namespaces are --gating-namespaces; the pod's is ns.
+		namespaces []string
+		pod        *corev1.Pod
+		want       []string // each must appear in the message
 	}{
 		{name: "a gate that is not a boolean", gating: wrap.GatingOptIn, pod: job().Annotation(wrap.AnnotationGate, "yes").Container("app", "busybox", "x").Obj(),
 			want: []string{`metadata.annotations[klock.io/gate]: Invalid value: "yes": must be "true" or "false"`}},
@@ -136,10 +163,29 @@ func TestMutateGateDenies(t *testing.T) {
 		{name: "gate mistakes are listed with the others", gating: wrap.GatingOptIn,
 			pod:  job().Annotation(wrap.AnnotationGate, "yes").Annotation(wrap.AnnotationWait, "soon").Container("app", "busybox", "x").Obj(),
 			want: []string{"klock.io/gate", "klock.io/wait"}},
+		{name: "opt-in: a pod that asks to be gated outside the gating namespaces", gating: wrap.GatingOptIn, namespaces: []string{"team-a", "team-b"},
+			pod: job().Annotation(wrap.AnnotationGate, "true").Container("app", "busybox", "x").Obj(),
+			want: []string{`metadata.annotations[klock.io/gate]: Forbidden: the gate controller does not act in namespace "ns" (klock-webhook --gating-namespaces, chart value gatingNamespaces): ` +
+				`remove the annotation, and the pod waits for its lock in its running container; or have the namespace added to gatingNamespaces`}},
+		{name: "default: a pod that asks to be gated outside the gating namespaces", gating: wrap.GatingDefault, namespaces: []string{"team-a"},
+			pod:  job().Annotation(wrap.AnnotationGate, "true").Container("app", "busybox", "x").Obj(),
+			want: []string{`the gate controller does not act in namespace "ns"`, "gatingNamespaces"}},
+		{name: "default: a policy's pod that asks to be gated outside the gating namespaces", gating: wrap.GatingDefault, namespaces: []string{"team-a"},
+			pod:  job().Annotation(wrap.AnnotationGate, "true").Annotation(wrap.AnnotationPolicy, "p").Container("app", "busybox", "x").Obj(),
+			want: []string{`the gate controller does not act in namespace "ns"`, "remove the annotation, or spec.gate of the ClusterLockPolicy that sets it"}},
+		{name: "default: klock's gate outside the gating namespaces", gating: wrap.GatingDefault, namespaces: []string{"team-a"},
+			pod: job().SchedulingGate(wrap.SchedulingGate).Container("app", "busybox", "x").Obj(),
+			want: []string{`spec.schedulingGates[0].name: Forbidden: the scheduling gate klock.io/lock is klock's, and klock does not gate this pod ` +
+				`(the gate controller does not act in namespace "ns"), so nothing would remove it: remove the gate`}},
+		{name: "default: a pod created wrapped and gated outside the gating namespaces", gating: wrap.GatingDefault, namespaces: []string{"team-a"},
+			pod:  job().Container("app", "busybox", "x").Wrapped(0, "/klock-bin/klock", "--lease=nightly", "--", "x").Gated().Obj(),
+			want: []string{`klock does not gate this pod (the gate controller does not act in namespace "ns")`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := tc.pod.DeepCopy()
-			_, err := wrap.Mutate(got, gating(tc.gating), nil)
+			opts := gating(tc.gating)
+			opts.GatingNamespaces = tc.namespaces
+			_, err := wrap.Mutate(got, opts, nil)
 			if err == nil {
 				t.Fatal("admitted")
 			}

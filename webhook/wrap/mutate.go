@@ -41,6 +41,12 @@ type Options struct {
 	// value is GatingOptIn. Wrapped does not depend on it: a pod is
 	// wrapped, gated or not.
 	Gating Gating
+	// GatingNamespaces, when not empty, are the only namespaces where
+	// the gate controller acts (klock-webhook --gating-namespaces): its
+	// cache and RBAC hold no pod elsewhere, so a pod gated there would
+	// wait for ever. Mutate gates no pod outside them, and denies one
+	// that asks to be gated. Empty: every namespace.
+	GatingNamespaces []string
 }
 
 // flags are klock's flags for a pod with annotations, wrapped with opts.
@@ -295,8 +301,8 @@ func containerNames(pod *corev1.Pod) string {
 // klock another webhook has since wrapped in its own command
 // (reinvocation) gets klock back in front, running that webhook's wrapper
 // and the original argv: whatever a command prefix does, it then does
-// under the lock. A wrapped pod that opts.Gating gates (see Gating) gets
-// SchedulingGate and LabelGated, once; a pod that does not ask for klock
+// under the lock. A wrapped pod that opts.Gating gates (see Gating), in
+// opts.GatingNamespaces, gets SchedulingGate and LabelGated, once; a pod that does not ask for klock
 // but carries SchedulingGate is denied (see ForeignGate). The error, when
 // not nil, is a field.ErrorList aggregate that says what to fix; the pod
 // must then be denied, never admitted unwrapped.
