@@ -144,8 +144,8 @@ func TestHelmChart(t *testing.T) {
 				if find(objs, "ClusterRole", "klock-webhook-lease-access") != nil {
 					t.Error("Lease access RBAC without leaseAccess")
 				}
-				if args, _, _ := unstructured.NestedStringSlice(webhook, "args"); !slices.Contains(args, "--gating=opt-in") {
-					t.Errorf("args %q lack --gating=opt-in", args)
+				if args, _, _ := unstructured.NestedStringSlice(webhook, "args"); !slices.Contains(args, "--gating=opt-in") || slices.ContainsFunc(args, isGatingNamespaces) {
+					t.Errorf("args %q: want --gating=opt-in, and no --gating-namespaces (every namespace)", args)
 				}
 				checkGateRBAC(t, objs, nil)
 			},
@@ -178,8 +178,13 @@ func TestHelmChart(t *testing.T) {
 			check: func(t *testing.T, objs []*unstructured.Unstructured) {
 				checkGateRBAC(t, objs, []string{"team-a", "team-b"})
 				containers, _, _ := unstructured.NestedSlice(find(objs, "Deployment", "klock-webhook").Object, "spec", "template", "spec", "containers")
-				if args, _, _ := unstructured.NestedStringSlice(containers[0].(map[string]any), "args"); !slices.Contains(args, "--gating=default") {
+				args, _, _ := unstructured.NestedStringSlice(containers[0].(map[string]any), "args")
+				if !slices.Contains(args, "--gating=default") {
 					t.Errorf("args %q lack --gating=default", args)
+				}
+				// The webhook's informer and gating stay where its RBAC is.
+				if got, want := slices.DeleteFunc(slices.Clone(args), func(a string) bool { return !isGatingNamespaces(a) }), []string{"--gating-namespaces=team-a", "--gating-namespaces=team-b"}; !slices.Equal(got, want) {
+					t.Errorf("args %q, want %q", got, want)
 				}
 			},
 		},
@@ -426,6 +431,8 @@ func TestHelmChart(t *testing.T) {
 		{name: "an unknown lease access", values: map[string]any{"leaseAccess": "some"}, want: "at '/leaseAccess': value must be one of 'off', 'policy', 'all'"},
 		{name: "an unknown gating", values: map[string]any{"gating": "always"}, want: "at '/gating': value must be one of 'off', 'opt-in', 'default'"},
 		{name: "a gating namespace named twice", values: map[string]any{"gatingNamespaces": []any{"a", "a"}}, want: "at '/gatingNamespaces'"},
+		{name: "a gating namespace that is no namespace name", values: map[string]any{"gatingNamespaces": []any{"team-a", "Team_B"}}, want: "at '/gatingNamespaces/1'"},
+		{name: "an empty gating namespace", values: map[string]any{"gatingNamespaces": []any{""}}, want: "at '/gatingNamespaces/0'"},
 		{name: "lease access without policies", values: map[string]any{"leaseAccess": "all", "policies": map[string]any{"enabled": false}}, want: "leaseAccess needs policies.enabled"},
 		{name: "secret mode without a secret", values: map[string]any{"tls": map[string]any{"mode": "secret"}}, want: "is required with tls.mode=secret"},
 		{name: "one replica that its PDB keeps", values: map[string]any{"webhook": map[string]any{"replicas": 1}},
@@ -533,54 +540,58 @@ func checkCAChain(t *testing.T, objs []*unstructured.Unstructured, ns string) {
 	}
 }
 
-// checkGateRBAC checks the gate controller's RBAC: its ClusterRole with
-// exactly what it needs, bound in namespaces by a RoleBinding each, or
-// everywhere by a ClusterRoleBinding when namespaces is empty.
+// checkGateRBAC checks the gate controller's RBAC: its ClusterRoles with
+// exactly what it needs, klock-webhook-gate to act and
+// klock-webhook-gate-watch for its informer, each bound in namespaces by a
+// RoleBinding each, or everywhere by a ClusterRoleBinding when namespaces
+// is empty: the informer lists pods nowhere the controller does not act.
 func checkGateRBAC(t *testing.T, objs []*unstructured.Unstructured, namespaces []string) {
 	t.Helper()
-	role := find(objs, "ClusterRole", "klock-webhook-gate")
-	if role == nil {
-		t.Fatal("no ClusterRole klock-webhook-gate")
-	}
-	want := []any{
-		map[string]any{"apiGroups": []any{""}, "resources": []any{"pods"}, "verbs": []any{"get", "patch"}},
-		map[string]any{"apiGroups": []any{"coordination.k8s.io"}, "resources": []any{"leases"}, "verbs": []any{"get", "list", "watch", "create", "update", "delete"}},
-		map[string]any{"apiGroups": []any{"", "events.k8s.io"}, "resources": []any{"events"}, "verbs": []any{"create", "patch"}},
-	}
-	if diff := cmp.Diff(want, role.Object["rules"]); diff != "" {
-		t.Errorf("klock-webhook-gate rules (-want +got):\n%s", diff)
-	}
-	var bound []string
-	for _, o := range objs {
-		if o.GetName() != "klock-webhook-gate" || (o.GetKind() != "RoleBinding" && o.GetKind() != "ClusterRoleBinding") {
-			continue
+	for name, want := range map[string][]any{
+		"klock-webhook-gate": {
+			map[string]any{"apiGroups": []any{""}, "resources": []any{"pods"}, "verbs": []any{"get", "patch"}},
+			map[string]any{"apiGroups": []any{"coordination.k8s.io"}, "resources": []any{"leases"}, "verbs": []any{"get", "list", "watch", "create", "update", "delete"}},
+			map[string]any{"apiGroups": []any{"", "events.k8s.io"}, "resources": []any{"events"}, "verbs": []any{"create", "patch"}},
+		},
+		"klock-webhook-gate-watch": {
+			map[string]any{"apiGroups": []any{""}, "resources": []any{"pods"}, "verbs": []any{"list", "watch"}},
+		},
+	} {
+		role := find(objs, "ClusterRole", name)
+		if role == nil {
+			t.Fatalf("no ClusterRole %s", name)
 		}
-		bound = append(bound, o.GetNamespace())
-		ref, _, _ := unstructured.NestedStringMap(o.Object, "roleRef")
-		subjects, _, _ := unstructured.NestedSlice(o.Object, "subjects")
-		if ref["kind"] != "ClusterRole" || ref["name"] != "klock-webhook-gate" || len(subjects) != 1 ||
-			!cmp.Equal(subjects[0], map[string]any{"kind": "ServiceAccount", "name": "klock-webhook", "namespace": "klock-system"}) {
-			t.Errorf("%s %s/klock-webhook-gate binds %v to %v", o.GetKind(), o.GetNamespace(), ref, subjects)
+		if diff := cmp.Diff(want, role.Object["rules"]); diff != "" {
+			t.Errorf("%s rules (-want +got):\n%s", name, diff)
 		}
-		if (o.GetKind() == "ClusterRoleBinding") != (len(namespaces) == 0) {
-			t.Errorf("a %s klock-webhook-gate with gatingNamespaces %v", o.GetKind(), namespaces)
+		var bound []string
+		for _, o := range objs {
+			if o.GetName() != name || (o.GetKind() != "RoleBinding" && o.GetKind() != "ClusterRoleBinding") {
+				continue
+			}
+			bound = append(bound, o.GetNamespace())
+			ref, _, _ := unstructured.NestedStringMap(o.Object, "roleRef")
+			subjects, _, _ := unstructured.NestedSlice(o.Object, "subjects")
+			if ref["kind"] != "ClusterRole" || ref["name"] != name || len(subjects) != 1 ||
+				!cmp.Equal(subjects[0], map[string]any{"kind": "ServiceAccount", "name": "klock-webhook", "namespace": "klock-system"}) {
+				t.Errorf("%s %s/%s binds %v to %v", o.GetKind(), o.GetNamespace(), name, ref, subjects)
+			}
+			if (o.GetKind() == "ClusterRoleBinding") != (len(namespaces) == 0) {
+				t.Errorf("a %s %s with gatingNamespaces %v", o.GetKind(), name, namespaces)
+			}
 		}
-	}
-	if len(namespaces) == 0 {
-		namespaces = []string{""} // the ClusterRoleBinding's
-	}
-	if !slices.Equal(bound, namespaces) {
-		t.Errorf("klock-webhook-gate bound in %q, want %q", bound, namespaces)
-	}
-	// Its informer, in every namespace whichever it acts in.
-	watch := find(objs, "ClusterRole", "klock-webhook-gate-watch")
-	if watch == nil || find(objs, "ClusterRoleBinding", "klock-webhook-gate-watch") == nil {
-		t.Fatal("no ClusterRole and ClusterRoleBinding klock-webhook-gate-watch")
-	}
-	if diff := cmp.Diff([]any{map[string]any{"apiGroups": []any{""}, "resources": []any{"pods"}, "verbs": []any{"list", "watch"}}}, watch.Object["rules"]); diff != "" {
-		t.Errorf("klock-webhook-gate-watch rules (-want +got):\n%s", diff)
+		want := namespaces
+		if len(want) == 0 {
+			want = []string{""} // the ClusterRoleBinding's
+		}
+		if !slices.Equal(bound, want) {
+			t.Errorf("%s bound in %q, want %q", name, bound, want)
+		}
 	}
 }
+
+// isGatingNamespaces reports whether arg is a --gating-namespaces flag.
+func isGatingNamespaces(arg string) bool { return strings.HasPrefix(arg, "--gating-namespaces") }
 
 // rbacRule is role's rule for resource in group, or nil.
 func rbacRule(role *unstructured.Unstructured, group, resource string) map[string]any {

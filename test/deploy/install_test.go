@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	authorizationv1 "k8s.io/api/authorization/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -25,6 +27,7 @@ import (
 	klockv1alpha1 "github.com/klock-io/klock/api/v1alpha1"
 	"github.com/klock-io/klock/test/framework"
 	"github.com/klock-io/klock/webhook"
+	"github.com/klock-io/klock/webhook/gate"
 	"github.com/klock-io/klock/webhook/server"
 	"github.com/klock-io/klock/webhook/wrap"
 )
@@ -209,7 +212,44 @@ func TestHelmInstallUpgradeAndAdmit(t *testing.T) {
 	if !may("kube-system", "watch", "rbac.authorization.k8s.io", "roles") {
 		t.Error("the webhook may not watch Roles everywhere, as its informers do")
 	}
-	if !may("kube-system", "list", "", "pods") || !may("kube-system", "watch", "", "pods") {
-		t.Error("the webhook may not list and watch pods everywhere, as the gate controller's informer does")
+	// The gate controller's informer lists and watches pods where it acts
+	// only (--gating-namespaces), and so may nowhere else.
+	for _, verb := range []string{"list", "watch"} {
+		if !may(apps.Name, verb, "", "pods") {
+			t.Errorf("the webhook may not %s pods in %s, which gatingNamespaces lists", verb, apps.Name)
+		}
+		for _, other := range []string{"kube-system", "default", ""} {
+			if may(other, verb, "", "pods") {
+				t.Errorf("the webhook may %s pods in %q, which gatingNamespaces does not list", verb, other)
+			}
+		}
+	}
+
+	// In gatingNamespaces a pod that asks to be gated is, and the gate
+	// controller, its informer narrowed to them, sees it and acts on it
+	// (whether it may reserve the lock or not, it says so in an event).
+	// The policy names its lease.
+	gated := plain.DeepCopy()
+	gated.Name, gated.Annotations = "gated", map[string]string{wrap.AnnotationGate: "true"}
+	if got, err = cp.Client.CoreV1().Pods(apps.Name).Create(ctx, gated, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if !wrap.Gated(got) {
+		t.Errorf("a pod asking to be gated in %s, which gatingNamespaces lists, was not: gates %v", apps.Name, got.Spec.SchedulingGates)
+	}
+	framework.Eventually(t, 60*time.Second, "the gate controller to act on the gated pod", func() bool {
+		events, err := cp.Client.EventsV1().Events(apps.Name).List(ctx, metav1.ListOptions{})
+		return err == nil && slices.ContainsFunc(events.Items, func(e eventsv1.Event) bool {
+			return e.Regarding.Name == gated.Name && slices.Contains([]string{gate.ReasonWaiting, gate.ReasonReserved, gate.ReasonNotReserved}, e.Reason)
+		})
+	})
+	// Outside them, it is denied: nothing would let it through there.
+	gated.Annotations[wrap.AnnotationLease] = "nightly"
+	_, err = cp.Client.CoreV1().Pods("default").Create(ctx, gated, metav1.CreateOptions{})
+	if err == nil {
+		_ = cp.Client.CoreV1().Pods("default").Delete(ctx, gated.Name, metav1.DeleteOptions{})
+	}
+	if want := `the gate controller does not act in namespace "default"`; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("a pod asking to be gated in default: error %v, want one containing %q", err, want)
 	}
 }
