@@ -131,6 +131,14 @@ func (cp *ControlPlane) StartWebhook(t testing.TB, o *server.Options, config *re
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- server.Run(ctx, o, config) }()
+	return StopWhenDone(t, cancel, done)
+}
+
+// StopWhenDone returns a stop for a webhook server that runs until cancel,
+// and yields its error on done: it cancels, waits, and fails the test if
+// the server stopped with an error. It is called when the test ends too;
+// calls after the first do nothing.
+func StopWhenDone(t testing.TB, cancel context.CancelFunc, done <-chan error) (stop func()) {
 	stopped := false
 	stop = func() {
 		if stopped {

@@ -571,19 +571,7 @@ func startWebhookUntil(t *testing.T, configure ...func(*server.Options)) (stop f
 		cancel()
 		t.Fatal(err)
 	}
-	stopped := false
-	stop = func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("webhook server: %v", err)
-		}
-	}
-	t.Cleanup(stop)
-	return stop
+	return framework.StopWhenDone(t, cancel, done)
 }
 
 // editPolicy changes p on the API server, reading it again when the policy
