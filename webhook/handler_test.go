@@ -439,7 +439,7 @@ func TestTypoWarnings(t *testing.T) {
 	resp := h.Handle(context.Background(), podRequest(admissionv1.Create, rawPod(t, pod)))
 	want := []string{
 		`annotation "klock.io/wiat" is not one klock knows, and is ignored: did you mean klock.io/wait?`,
-		`annotation "klock.io/zzzzzzzzzzzz" is not one klock knows, and is ignored: klock reads klock.io/lease, klock.io/container, klock.io/wait, klock.io/conflict-exit-code, klock.io/lease-duration, klock.io/renew-deadline, klock.io/retry-period, klock.io/signal, klock.io/kill-after, klock.io/cleanup-lease, klock.io/labels, klock.io/max-holders, klock.io/order, klock.io/gate, klock.io/start-timeout, klock.io/skip`,
+		`annotation "klock.io/zzzzzzzzzzzz" is not one klock knows, and is ignored: klock reads klock.io/lease, klock.io/container, klock.io/wait, klock.io/conflict-exit-code, klock.io/lease-duration, klock.io/renew-deadline, klock.io/retry-period, klock.io/signal, klock.io/kill-after, klock.io/cleanup-lease, klock.io/labels, klock.io/max-holders, klock.io/order, klock.io/queue-ttl, klock.io/gate, klock.io/start-timeout, klock.io/skip`,
 	}
 	if !resp.Allowed || !cmp.Equal(want, []string(resp.Warnings)) {
 		t.Errorf("allowed %v, warnings (-want,+got):\n%s", resp.Allowed, cmp.Diff(want, []string(resp.Warnings)))

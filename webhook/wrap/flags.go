@@ -27,6 +27,7 @@ var flagAnnotations = []struct{ annotation, flag string }{
 	{AnnotationLabels, "labels"},
 	{AnnotationMaxHolders, "max-holders"},
 	{AnnotationOrder, "order"},
+	{AnnotationQueueTTL, "queue-ttl"},
 }
 
 // Flags turns the annotations into klock's flags, --lease first, checking

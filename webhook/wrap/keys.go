@@ -27,6 +27,10 @@ const (
 	// so what the pod's service account needs.
 	AnnotationMaxHolders = "klock.io/max-holders"
 	AnnotationOrder      = "klock.io/order"
+	// AnnotationQueueTTL is how long a waiting pod that died keeps its
+	// place in the lock's queue (--queue-ttl): a node lost under a waiting
+	// pod holds the line up that long.
+	AnnotationQueueTTL = "klock.io/queue-ttl"
 
 	// AnnotationGate, "true" or "false", says whether a wrapped pod waits
 	// for its lock SchedulingGated (see Options.Gating): on no node,
@@ -95,7 +99,7 @@ const SchedulingGate = "klock.io/lock"
 var userKeys = []string{
 	AnnotationLease, AnnotationContainer, AnnotationWait, AnnotationConflictExitCode,
 	AnnotationLeaseDuration, AnnotationRenewDeadline, AnnotationRetryPeriod, AnnotationSignal,
-	AnnotationKillAfter, AnnotationCleanupLease, AnnotationLabels, AnnotationMaxHolders, AnnotationOrder,
+	AnnotationKillAfter, AnnotationCleanupLease, AnnotationLabels, AnnotationMaxHolders, AnnotationOrder, AnnotationQueueTTL,
 	AnnotationGate, AnnotationStartTimeout, AnnotationSkip,
 }
 

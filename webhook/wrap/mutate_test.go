@@ -75,6 +75,12 @@ func TestMutate(t *testing.T) {
 				Wrapped(0, "/klock-bin/klock", "--lease=nightly", "--wait=30s", "--labels=team=data", "--max-holders=3", "--order=any", "--", "true").Obj(),
 		},
 		{
+			name: "queue-ttl comes after order",
+			pod:  job().Annotation(wrap.AnnotationQueueTTL, "10s").Annotation(wrap.AnnotationOrder, "fifo").Container("app", "busybox", "true").Obj(),
+			want: job().Annotation(wrap.AnnotationQueueTTL, "10s").Annotation(wrap.AnnotationOrder, "fifo").Container("app", "busybox", "true").
+				Wrapped(0, "/klock-bin/klock", "--lease=nightly", "--order=fifo", "--queue-ttl=10s", "--", "true").Obj(),
+		},
+		{
 			name: "the defaults, said out loud, are passed on as given",
 			pod:  job().Annotation(wrap.AnnotationMaxHolders, "1").Annotation(wrap.AnnotationOrder, "fifo").Container("app", "busybox", "true").Obj(),
 			want: job().Annotation(wrap.AnnotationMaxHolders, "1").Annotation(wrap.AnnotationOrder, "fifo").Container("app", "busybox", "true").
@@ -172,6 +178,8 @@ func TestMutateDenies(t *testing.T) {
 			want: []string{`metadata.annotations[klock.io/max-holders]: Invalid value: "101"`, "give a whole number from 1 to 100"}},
 		{name: "holders not a number", pod: job().Annotation(wrap.AnnotationMaxHolders, "three").Container("app", "busybox", "x").Obj(),
 			want: []string{`metadata.annotations[klock.io/max-holders]: Invalid value: "three"`, "give a whole number from 1 to 100"}},
+		{name: "a queue TTL klock refuses", pod: job().Annotation(wrap.AnnotationQueueTTL, "1s").Container("app", "busybox", "x").Obj(),
+			want: []string{"the klock.io/ annotations do not fit together", "invalid queue TTL 1s: must be from 3s"}},
 		{name: "unknown order", pod: job().Annotation(wrap.AnnotationOrder, "lifo").Container("app", "busybox", "x").Obj(),
 			want: []string{`metadata.annotations[klock.io/order]: Invalid value: "lifo"`, "give fifo (first come, first served) or any (waiters race)"}},
 		{name: "order in capitals, which klock does not take", pod: job().Annotation(wrap.AnnotationOrder, "FIFO").Container("app", "busybox", "x").Obj(),
