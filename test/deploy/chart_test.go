@@ -165,8 +165,7 @@ func TestHelmChart(t *testing.T) {
 						t.Errorf("%s %s may patch pods with gating off", o.GetKind(), o.GetName())
 					}
 				}
-				containers, _, _ := unstructured.NestedSlice(find(objs, "Deployment", "klock-webhook").Object, "spec", "template", "spec", "containers")
-				if args, _, _ := unstructured.NestedStringSlice(containers[0].(map[string]any), "args"); !slices.Contains(args, "--gating=off") {
+				if args := webhookArgs(t, objs); !slices.Contains(args, "--gating=off") {
 					t.Errorf("args %q lack --gating=off", args)
 				}
 			},
@@ -177,8 +176,7 @@ func TestHelmChart(t *testing.T) {
 			namespaces: []string{"team-a", "team-b"},
 			check: func(t *testing.T, objs []*unstructured.Unstructured) {
 				checkGateRBAC(t, objs, []string{"team-a", "team-b"})
-				containers, _, _ := unstructured.NestedSlice(find(objs, "Deployment", "klock-webhook").Object, "spec", "template", "spec", "containers")
-				args, _, _ := unstructured.NestedStringSlice(containers[0].(map[string]any), "args")
+				args := webhookArgs(t, objs)
 				if !slices.Contains(args, "--gating=default") {
 					t.Errorf("args %q lack --gating=default", args)
 				}
@@ -241,8 +239,7 @@ func TestHelmChart(t *testing.T) {
 				if got := find(objs, "MutatingWebhookConfiguration", "klock").GetAnnotations(); len(got) != 0 {
 					t.Errorf("annotations %v: nothing should inject the CA but the webhook", got)
 				}
-				containers, _, _ := unstructured.NestedSlice(find(objs, "Deployment", "klock-webhook").Object, "spec", "template", "spec", "containers")
-				args, _, _ := unstructured.NestedStringSlice(containers[0].(map[string]any), "args")
+				args := webhookArgs(t, objs)
 				for _, want := range []string{"--self-managed-tls", "--tls-secret=klock-system/klock-webhook-tls",
 					"--dns-names=klock-webhook.klock-system.svc,klock-webhook.klock-system.svc.cluster.local", "--webhook-configuration=klock", "--leader-elect"} {
 					if !slices.Contains(args, want) {
@@ -288,8 +285,7 @@ func TestHelmChart(t *testing.T) {
 				if find(objs, "CustomResourceDefinition", "clusterlockpolicies.klock.io") != nil {
 					t.Error("the CRD is rendered with crds.enabled false")
 				}
-				containers, _, _ := unstructured.NestedSlice(find(objs, "Deployment", "klock-webhook").Object, "spec", "template", "spec", "containers")
-				if args, _, _ := unstructured.NestedStringSlice(containers[0].(map[string]any), "args"); !slices.Contains(args, "--lease-access=policy") {
+				if args := webhookArgs(t, objs); !slices.Contains(args, "--lease-access=policy") {
 					t.Errorf("args %q", args)
 				}
 			},
@@ -334,8 +330,7 @@ func TestHelmChart(t *testing.T) {
 				if rule := rbacRule(role, "", "serviceaccounts"); rule != nil {
 					t.Errorf("the webhook may read ServiceAccounts: %v", rule)
 				}
-				containers, _, _ := unstructured.NestedSlice(find(objs, "Deployment", "klock-webhook").Object, "spec", "template", "spec", "containers")
-				if args, _, _ := unstructured.NestedStringSlice(containers[0].(map[string]any), "args"); !slices.Contains(args, "--read-pull-secrets=false") {
+				if args := webhookArgs(t, objs); !slices.Contains(args, "--read-pull-secrets=false") {
 					t.Errorf("args %q", args)
 				}
 			},

@@ -266,3 +266,42 @@ func TestAdoptedReservationIsReleasedAtOnce(t *testing.T) {
 		t.Fatalf("released, the adopted reservation is still held by %q, annotations %v", holder(l), l.Annotations)
 	}
 }
+
+// The takeover write of the pod's klock may commit with its answer lost:
+// the klock still takes it for its own acquisition (a new hold, not a
+// join of the reservation), the reservation ends, and the klock's release
+// frees the lock at once.
+func TestTakeoverWhoseAnswerIsLost(t *testing.T) {
+	ns := namespace(t)
+	r, err := newLock(t, cp.Config, reservation(ns, "lossy", "pod-f")).Acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Release(context.Background())
+	var n atomic.Int32
+	n.Store(1) // the takeover's answer
+	h, err := newLock(t, loseAnswers(cp.Config, &n, leaseWrite), fastConfig(ns, "lossy", "pod-f")).Acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.Load() >= 1 {
+		t.Fatal("no answer was lost: the test did not test anything")
+	}
+	if h.Reentrant() {
+		t.Error("after a lost answer, the takeover counted as a join of the reservation")
+	}
+	select {
+	case <-r.Lost():
+		if !errors.Is(r.Err(), klock.ErrTakenOver) {
+			t.Errorf("the reservation ended with %v, want ErrTakenOver", r.Err())
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the reservation did not notice the takeover")
+	}
+	if err := h.Release(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if l := getLease(t, ns, "lossy"); holder(l) != "" {
+		t.Fatalf("released, the Lease is held by %q", holder(l))
+	}
+}

@@ -65,28 +65,20 @@ func NewReviewer(client kubernetes.Interface) *Reviewer {
 // queue), with the kubectl commands that grant it; nothing when it may do
 // all klock needs.
 func (a *Reviewer) Warnings(ctx context.Context, pod *corev1.Pod) []string {
-	names, err := wrap.LeaseNames(pod.Annotations)
+	s, err := subjectOf(pod)
 	if err != nil {
 		return nil // the mutation denies the pod and says why
 	}
-	ns := pod.Namespace
-	sa := pod.Spec.ServiceAccountName
-	if sa == "" {
-		sa = "default"
-	}
-	verbs := Verbs(pod.Annotations[wrap.AnnotationCleanupLease] == "true")
-	key := ns + "/" + sa + "/" + strings.Join(names, ",") + "/" + strings.Join(verbs, ",")
-	if v, ok := a.answers.Get(key); ok && time.Now().Before(v.(accessAnswer).expires) {
-		return v.(accessAnswer).warnings
-	}
-	warnings, err := a.review(ctx, ns, sa, names, verbs)
+	warnings, err := a.cached(s.key(), func() ([]string, error) {
+		warnings, err := a.review(ctx, s.namespace, s.account, s.names, s.verbs)
+		if err == nil && a.leaseAccess {
+			warnings = append(warnings, a.foreign(ctx, s.namespace, s.names)...)
+		}
+		return warnings, err
+	})
 	if err != nil {
-		return []string{fmt.Sprintf("could not check whether service account %s/%s may use Leases: %v", ns, sa, err)}
+		return []string{fmt.Sprintf("could not check whether service account %s/%s may use Leases: %v", s.namespace, s.account, err)}
 	}
-	if a.leaseAccess {
-		warnings = append(warnings, a.foreign(ctx, ns, names)...)
-	}
-	a.answers.Add(key, accessAnswer{warnings: warnings, expires: time.Now().Add(accessTTL)})
 	return warnings
 }
 
@@ -94,25 +86,53 @@ func (a *Reviewer) Warnings(ctx context.Context, pod *corev1.Pod) []string {
 // pod's lock, "" when it may do all klock needs. The gate controller asks
 // before it reserves a lock for a pod: with its own permissions it could
 // otherwise hold, for a pod author, Leases the author's pods may not hold.
+// Answers are kept as the admission's are: a lock of 100 holders is 300
+// reviews, and a pod's author decides how many such pods wait.
 func (a *Reviewer) Denied(ctx context.Context, pod *corev1.Pod) (string, error) {
+	s, err := subjectOf(pod)
+	if err != nil {
+		return "", err
+	}
+	warnings, err := a.cached("denied/"+s.key(), func() ([]string, error) {
+		return a.review(ctx, s.namespace, s.account, s.names, s.verbs)
+	})
+	return strings.Join(warnings, "; "), err
+}
+
+// subject is what a review of a pod's Lease permissions asks about: its
+// service account, and what klock does to which Leases of its lock.
+type subject struct {
+	namespace, account string
+	names, verbs       []string
+}
+
+func subjectOf(pod *corev1.Pod) (subject, error) {
 	names, err := wrap.LeaseNames(pod.Annotations)
 	if err != nil {
-		return "", err
+		return subject{}, err
 	}
-	sa := cmp.Or(pod.Spec.ServiceAccountName, "default")
-	verbs := Verbs(pod.Annotations[wrap.AnnotationCleanupLease] == "true")
-	// Kept as the admission's answers are: a lock of 100 holders is 300
-	// reviews, and a pod's author decides how many such pods wait.
-	key := "denied/" + pod.Namespace + "/" + sa + "/" + strings.Join(names, ",") + "/" + strings.Join(verbs, ",")
+	return subject{
+		namespace: pod.Namespace, account: cmp.Or(pod.Spec.ServiceAccountName, "default"),
+		names: names, verbs: Verbs(pod.Annotations[wrap.AnnotationCleanupLease] == "true"),
+	}, nil
+}
+
+func (s subject) key() string {
+	return s.namespace + "/" + s.account + "/" + strings.Join(s.names, ",") + "/" + strings.Join(s.verbs, ",")
+}
+
+// cached returns the answer kept for key for accessTTL, or computes and
+// keeps it; an error is not kept.
+func (a *Reviewer) cached(key string, compute func() ([]string, error)) ([]string, error) {
 	if v, ok := a.answers.Get(key); ok && time.Now().Before(v.(accessAnswer).expires) {
-		return strings.Join(v.(accessAnswer).warnings, "; "), nil
+		return v.(accessAnswer).warnings, nil
 	}
-	warnings, err := a.review(ctx, pod.Namespace, sa, names, verbs)
+	warnings, err := compute()
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	a.answers.Add(key, accessAnswer{warnings: warnings, expires: time.Now().Add(accessTTL)})
-	return strings.Join(warnings, "; "), nil
+	return warnings, nil
 }
 
 // maxReviews bounds the SubjectAccessReviews, and the Lease reads, one
